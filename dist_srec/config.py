@@ -57,8 +57,12 @@ class PrepareConfig:
             _check(self.interactions is not None, "interactions", f"required for dataset '{self.dataset}'")
             _check(self.items is not None, "items", f"required for dataset '{self.dataset}'")
         _check(self.kcore >= 0, "kcore", f"must be >= 0, got {self.kcore}")
-        _check(0.0 < self.user_fraction <= 1.0, "user_fraction", f"must be in (0, 1], got {self.user_fraction}")
-        _check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _check(
+            0.0 < self.user_fraction <= 1.0, "user_fraction", f"must be in (0, 1], got {self.user_fraction}"
+        )
+        _check(
+            self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}"
+        )
         _check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
 
 
@@ -85,4 +89,6 @@ class LoaderConfig:
         _check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
         _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-        _check(self.remainder in ("drop", "pad"), "remainder", f"must be 'drop' or 'pad', got {self.remainder}")
+        _check(
+            self.remainder in ("drop", "pad"), "remainder", f"must be 'drop' or 'pad', got {self.remainder}"
+        )

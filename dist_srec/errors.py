@@ -10,7 +10,9 @@ class DistSrecError(Exception):
 class DataError(DistSrecError):
     """Bad input data. The message names the file, and the row and field where known."""
 
-    def __init__(self, message: str, *, path: object = None, row: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, path: object = None, row: int | None = None, field: str | None = None
+    ):
         where = []
         if path is not None:
             where.append(f"file {path}")

@@ -1,0 +1,5 @@
+import sys
+
+from dist_srec.cli import main
+
+sys.exit(main())
