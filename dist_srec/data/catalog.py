@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dist_srec.config import PrepareConfig
@@ -52,15 +53,20 @@ class CatalogArrays:
     stats: dict
 
 
-def _natural_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique keys in natural order (numerically if all are integers) and the inverse codes."""
-    uniq, inv = np.unique(keys.astype(str), return_inverse=True)
+def _natural_unique(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys in natural order (numerically if all are integers) and [I] int64 codes into them.
+
+    Dictionary-encodes in arrow, so only the unique keys ever become Python strings.
+    """
+    enc = pc.dictionary_encode(keys)
+    uniq = np.array(enc.dictionary.to_pylist(), dtype=object)
     if all(k.isdigit() for k in uniq):
         order = np.argsort(uniq.astype(np.int64), kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        return uniq[order].astype(object), rank[inv]
-    return uniq.astype(object), inv
+    else:
+        order = np.argsort(uniq.astype(str), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[enc.indices.to_numpy(zero_copy_only=False)]
 
 
 def _kcore(u: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, int]:

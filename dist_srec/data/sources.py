@@ -35,13 +35,14 @@ from dist_srec.errors import DataError
 class RawData:
     """Interactions and item metadata as read, before any filtering.
 
-    user_key, item_key: [I] str arrays; timestamp: [I] int64 unix seconds; row: [I] int64, the
-    1-based line/row in `inter_path` (for error messages and the stable tie-break).
+    user_key, item_key: [I] arrow string arrays (not Python objects: 1M rows of object strings cost
+    ~100 B each); timestamp: [I] int64 unix seconds; row: [I] int64, the 1-based line/row in
+    `inter_path` (for error messages and the stable tie-break).
     item_keys/titles/descriptions: [N0] per item of the items file ("" title = missing).
     """
 
-    user_key: np.ndarray
-    item_key: np.ndarray
+    user_key: pa.Array
+    item_key: pa.Array
     timestamp: np.ndarray
     row: np.ndarray
     inter_path: str
@@ -94,13 +95,22 @@ def _require_columns(table: pa.Table, needed: list[str], path: Path) -> None:
         )
 
 
+def _keys(table: pa.Table, column: str, path: Path, first_row: int) -> pa.Array:
+    """A non-null string column as one arrow array; a null names its row."""
+    col = pc.cast(table[column], pa.string()).combine_chunks()
+    nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+    if nulls.size:
+        raise DataError("missing value", path=path, row=first_row + int(nulls[0]), field=column)
+    return col
+
+
 def _strings(
     table: pa.Table, column: str, path: Path, first_row: int, allow_empty: bool = False
 ) -> np.ndarray:
+    """A (small, per-item) string column as a numpy object array; nulls become "" if allowed."""
+    if not allow_empty:
+        _keys(table, column, path, first_row)
     col = pc.cast(table[column], pa.string())
-    nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-    if nulls.size and not allow_empty:
-        raise DataError("missing value", path=path, row=first_row + int(nulls[0]), field=column)
     return np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -149,8 +159,8 @@ def _load_recbole(inter: Path, items: Path, dataset: str) -> RawData:
             dtype=object,
         )
     return RawData(
-        user_key=_strings(t, "user_id", inter, 2),
-        item_key=_strings(t, "item_id", inter, 2),
+        user_key=_keys(t, "user_id", inter, 2),
+        item_key=_keys(t, "item_id", inter, 2),
         timestamp=_as_int_seconds(t["timestamp"], inter, "timestamp", 2),
         row=np.arange(2, t.num_rows + 2, dtype=np.int64),
         inter_path=str(inter),
@@ -210,8 +220,8 @@ def _load_amazon(reviews: Path, meta: Path, progress: bool) -> RawData:
         desc = obj.get("description") or ""
         descs.append(" ".join(map(str, desc)) if isinstance(desc, list) else str(desc))
     return RawData(
-        user_key=np.array(users, dtype=object),
-        item_key=np.array(items, dtype=object),
+        user_key=pa.array(users, pa.string()),
+        item_key=pa.array(items, pa.string()),
         timestamp=np.array(ts, dtype=np.int64),
         row=np.array(rows, dtype=np.int64),
         inter_path=str(reviews),
@@ -247,8 +257,8 @@ def _load_custom(inter: Path, items: Path) -> RawData:
         else np.full(it.num_rows, "", dtype=object)
     )
     return RawData(
-        user_key=_strings(t, "user_id", inter, first),
-        item_key=_strings(t, "item_id", inter, first),
+        user_key=_keys(t, "user_id", inter, first),
+        item_key=_keys(t, "item_id", inter, first),
         timestamp=_as_int_seconds(t["timestamp"], inter, "timestamp", first),
         row=np.arange(first, t.num_rows + first, dtype=np.int64),
         inter_path=str(inter),
