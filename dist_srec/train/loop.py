@@ -1,0 +1,344 @@
+"""The one training loop: epochs over a per-rank loader, validation rounds, early stopping, learning-rate
+decay, a time budget, atomic `last`/`best` checkpoints with the data cursor, and resume.
+
+It runs alone (world size 1) or on every rank under Ray Train / torchrun unchanged: a `TrainTask`
+says what is trained and how its loss is computed; the loop does everything else.
+
+    per step:   loss = task.loss(batch, gen_(seed, rank, step)); backward; optimizer step
+    per round:  metrics = validate(task)  (identical on every rank); keep the best by
+                `select_metric`; lr <- lr * lr_decay; stop after `patience` rounds without gain
+    checkpoint: out/last = weights + optimizer + RNG + TrainState + every rank's loader cursor
+                out/best = weights + config (+ the validation metrics that made it best)
+
+Only rank 0 writes files. `reporter(metrics, checkpoint_dir)` is called on every rank at the same
+points (every `log_every_steps` steps, and after each `last` save), so a Ray Train reporter can use
+it as the barrier it is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dist_srec.errors import CheckpointError, ConfigError
+from dist_srec.train import checkpoint as ckpt_io
+from dist_srec.train.context import TrainContext
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """Optimisation, validation and checkpoint cadence of a training run."""
+
+    epochs: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    lr_decay: float = 1.0
+    """lr is multiplied by this after every validation round (LLM-SRec: 0.95)."""
+    eval_every_steps: int = 0
+    """Validate every this many steps (0 = at the end of every `eval_every_epochs` epochs)."""
+    eval_every_epochs: int = 1
+    patience: int = 5
+    """Validation rounds without improvement before stopping early (0 = never)."""
+    select_metric: str = "ndcg@10"
+    max_steps: int = 0
+    """Stop after this many optimizer steps in all (0 = no limit)."""
+    time_budget_s: float = 0.0
+    """Stop at the next validation point once this much training time is spent (0 = no budget)."""
+    save_every_steps: int = 0
+    """Also write `last` every this many steps (0 = only at validation rounds and epoch ends)."""
+    log_every_steps: int = 10
+    seed: int = 42
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"config field '{name}': {msg}")
+
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.eval_every_epochs >= 1, "eval_every_epochs", f"must be >= 1, got {self.eval_every_epochs}")
+        check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
+        for name in ("eval_every_steps", "patience", "max_steps", "save_every_steps"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", f"bad {self.betas}")
+        check(self.time_budget_s >= 0, "time_budget_s", f"must be >= 0, got {self.time_budget_s}")
+
+
+class BatchLoader(Protocol):
+    """What the loop needs from a loader (`dist_srec.data.loader.ShardLoader` is one)."""
+
+    def __iter__(self) -> Iterator[Mapping[str, Tensor]]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainTask(Protocol):
+    """What is trained. `module` holds everything (frozen parts included); `trainable()` is optimised."""
+
+    name: str
+    module: nn.Module
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Move to `ctx.device` and wrap for data parallelism (the loss must run through the wrapper)."""
+
+    def trainable(self) -> list[nn.Parameter]: ...
+
+    def loss(self, batch: Mapping[str, Tensor], gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """Mean loss of this rank's batch, plus plain-number logs (loss terms, token counts)."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The weights a checkpoint holds."""
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
+    def config_json(self) -> dict[str, Any]:
+        """config.json of a checkpoint: enough to rebuild and to check what it belongs to."""
+
+    def check_checkpoint(self, config: Mapping[str, Any], path: Path) -> None:
+        """Raise `CheckpointError` if a checkpoint with this config.json cannot resume this task."""
+
+
+Validate = Callable[[Any], dict[str, float]]  # task (eval mode) -> metrics, identical on every rank
+Reporter = Callable[[dict[str, float], "Path | None"], None]
+
+
+@dataclass
+class TrainState:
+    """Progress, saved in `last/train_state.json`."""
+
+    epoch: int = 0
+    """The epoch in progress (0-based); complete epochs = epoch when `epoch_done`."""
+    global_step: int = 0
+    lr: float = 0.0
+    best_metric: float = -math.inf
+    best_step: int = -1
+    bad_rounds: int = 0
+    elapsed_s: float = 0.0
+    samples: int = 0
+    stopped: str = ""
+    """Why training ended: "", "epochs", "max_steps", "early_stop", "time_budget"."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The sampling RNG of one step: a function of (seed, rank, step) only, so resume replays it."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> 1))
+
+
+def _gather_cursors(loader: BatchLoader, ctx: TrainContext) -> list[dict]:
+    if ctx.world_size <= 1 or not dist.is_initialized():
+        return [loader.state_dict()]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, loader.state_dict())
+    return out
+
+
+class Trainer:
+    """Run a `TrainTask` over a loader; see the module docstring."""
+
+    def __init__(
+        self,
+        task: TrainTask,
+        loader: BatchLoader,
+        validate: Validate,
+        *,
+        cfg: LoopConfig,
+        ctx: TrainContext,
+        out_dir: str | Path,
+        reporter: Reporter | None = None,
+    ):
+        self.task, self.loader, self.validate = task, loader, validate
+        self.cfg, self.ctx, self.out, self.reporter = cfg, ctx, Path(out_dir), reporter
+        task.setup(ctx)
+        self.opt = torch.optim.Adam(task.trainable(), lr=cfg.lr, betas=cfg.betas)
+        self.state = TrainState(lr=cfg.lr)
+        torch.manual_seed(cfg.seed + ctx.rank)  # dropout; replaced by the saved RNG state on resume
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "best"
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def maybe_resume(self) -> bool:
+        """Load `out/last` if it exists (and `cfg.resume`); True if resumed."""
+        if not (self.cfg.resume and (self.last_dir / ckpt_io.CONFIG_FILE).is_file()):
+            return False
+        ck = ckpt_io.load_checkpoint(self.last_dir, with_train_state=True)
+        self.task.check_checkpoint(ck.config, self.last_dir)
+        self.task.load_state_dict(ck.model_state)
+        if ck.optimizer is not None:
+            self.opt.load_state_dict(ck.optimizer)
+        ts = dict(ck.train_state or {})
+        cursors = ts.pop("loader", None)
+        self.state = TrainState(**ts)
+        if cursors:
+            if len(cursors) != self.ctx.world_size and any(any(c["consumed"]) for c in cursors):
+                raise CheckpointError(
+                    f"{self.last_dir} was saved mid-epoch by {len(cursors)} ranks; resume it with "
+                    f"{len(cursors)} ranks (this run has {self.ctx.world_size}), or from an epoch boundary"
+                )
+            self.loader.load_state_dict(
+                cursors[self.ctx.rank] if len(cursors) == self.ctx.world_size else cursors[0]
+            )
+        for g in self.opt.param_groups:
+            g["lr"] = self.state.lr
+        ckpt_io.set_rng_state(ck.rng if self.ctx.rank == 0 else None)
+        return True
+
+    def save_last(self) -> None:
+        cursors = _gather_cursors(self.loader, self.ctx)
+        if self.ctx.is_main:
+            ckpt_io.save_checkpoint(
+                self.last_dir,
+                model_state=self.task.state_dict(),
+                config=self.task.config_json(),
+                optimizer=self.opt.state_dict(),
+                train_state={**asdict(self.state), "loader": cursors},
+                rng=ckpt_io.rng_state(),
+            )
+        self._report({}, self.last_dir)
+
+    def _report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        if self.reporter is not None:
+            base = {"step": self.state.global_step, "epoch": self.state.epoch, "lr": self.state.lr}
+            self.reporter({**base, **metrics}, checkpoint)
+
+    # ------------------------------------------------------------------------------ validation
+    def _validate_round(self, train_logs: dict[str, float]) -> bool:
+        """Validate, keep the best, decay lr, count patience; True if training should stop early."""
+        self.task.module.eval()
+        metrics = self.validate(self.task)
+        self.task.module.train()
+        st = self.state
+        if self.cfg.select_metric not in metrics:
+            raise ConfigError(f"select_metric '{self.cfg.select_metric}' is not among {sorted(metrics)}")
+        score = float(metrics[self.cfg.select_metric])
+        improved = score > st.best_metric
+        if improved:
+            st.best_metric, st.best_step, st.bad_rounds = score, st.global_step, 0
+            if self.ctx.is_main:
+                cfg = {**self.task.config_json(), "validation": {"step": st.global_step, **metrics}}
+                ckpt_io.save_checkpoint(self.best_dir, model_state=self.task.state_dict(), config=cfg)
+        else:
+            st.bad_rounds += 1
+        st.history.append(
+            {"epoch": st.epoch, "step": st.global_step, "elapsed_s": round(st.elapsed_s, 2), "lr": st.lr,
+             **train_logs, **metrics, "improved": improved}
+        )  # fmt: skip
+        st.lr *= self.cfg.lr_decay
+        for g in self.opt.param_groups:
+            g["lr"] = st.lr
+        if self.ctx.is_main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "count")
+            tqdm.write(f"[{self.task.name}] step {st.global_step}: valid {shown}{' *' if improved else ''}")
+        return self.cfg.patience > 0 and st.bad_rounds >= self.cfg.patience
+
+    # ------------------------------------------------------------------------------ loop
+    def _out_of_time(self) -> bool:
+        return bool(self.cfg.time_budget_s) and self.ctx.agree(self.state.elapsed_s >= self.cfg.time_budget_s)
+
+    def _step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        batch = {k: v.to(self.ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        gen = step_generator(self.cfg.seed, self.ctx.rank, self.state.global_step)
+        loss, logs = self.task.loss(batch, gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync = getattr(self.task, "sync_grads", None)  # tasks not wrapped in DDP average grads here
+        if sync is not None:
+            sync()
+        self.opt.step()
+        self.state.global_step += 1
+        self.state.samples += int(batch["mask"].sum()) * self.ctx.world_size
+        return {"loss": float(loss.detach()), **logs}
+
+    def _run_epoch(self) -> str:
+        """Run (the rest of) the current epoch; returns a stop reason, or "" at the epoch's end."""
+        cfg, st = self.cfg, self.state
+        self.loader.set_epoch(st.epoch)
+        sums: dict[str, float] = {}
+        t_first = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"{self.task.name} epoch {st.epoch + 1}/{cfg.epochs}",
+                   disable=not (self.ctx.is_main and cfg.progress), leave=False, dynamic_ncols=True)  # fmt: skip
+        t0 = time.perf_counter()
+        for n, batch in enumerate(bar, start=1):
+            logs = self._step(batch)
+            now = time.perf_counter()
+            st.elapsed_s, t0 = st.elapsed_s + now - t0, now
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self._means = {f"train_{k}": v / n for k, v in sums.items()}
+            rate = n * int(batch["mask"].numel()) * self.ctx.world_size / max(now - t_first, 1e-9)
+            bar.set_postfix({"loss": f"{self._means['train_loss']:.4f}", "samples/s": f"{rate:.2f}"})
+            if st.global_step % cfg.log_every_steps == 0:
+                self._report({**self._means, "samples_per_s": rate}, None)
+            if cfg.max_steps and st.global_step >= cfg.max_steps:
+                return "max_steps"
+            if cfg.eval_every_steps and st.global_step % cfg.eval_every_steps == 0:
+                if self._validate_round(self._means):
+                    return "early_stop"
+                self.save_last()
+            elif cfg.save_every_steps and st.global_step % cfg.save_every_steps == 0:
+                self.save_last()
+            if self._out_of_time():
+                return "time_budget"
+        return ""
+
+    def fit(self) -> TrainState:
+        """Train until `epochs`, `max_steps`, early stop or the time budget; returns the final state.
+
+        The run always ends with a validation round at its last step (so `best` has seen the end
+        state). A resumed run continues unless it had stopped early; larger `epochs`, `max_steps` or
+        `time_budget_s` than the saved run's extend it.
+        """
+        cfg = self.cfg
+        self.maybe_resume()
+        st = self.state
+        if st.stopped == "early_stop":
+            return st
+        self._means: dict[str, float] = {}
+        self.task.module.train()
+        while True:
+            if st.epoch >= cfg.epochs:
+                reason = "epochs"
+            elif cfg.max_steps and st.global_step >= cfg.max_steps:
+                reason = "max_steps"
+            elif self._out_of_time():
+                reason = "time_budget"
+            else:
+                reason = self._run_epoch()
+                if not reason:
+                    st.epoch += 1
+                    due = not cfg.eval_every_steps and st.epoch % cfg.eval_every_epochs == 0
+                    if due and st.epoch < cfg.epochs and self._validate_round(self._means):
+                        reason = "early_stop"
+                    if not reason:
+                        self.save_last()
+                        continue
+            break
+        if reason != "early_stop" and (not st.history or st.history[-1]["step"] != st.global_step):
+            self._validate_round(self._means)  # the end state is always validated once
+        st.stopped = reason
+        self.save_last()
+        self.ctx.barrier()
+        return st

@@ -1,0 +1,149 @@
+"""The frozen LM: loading, special tokens, freezing, body-only forward, content hash, bad paths."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from dist_srec.errors import ConfigError
+from dist_srec.models.llm import (
+    SPECIAL_TOKENS,
+    FrozenLM,
+    LLMConfig,
+    load_frozen_lm,
+    resolve_dtype,
+    smollm2_safetensors,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("llm-cache"))
+
+
+@pytest.fixture(scope="module")
+def lm(cache) -> FrozenLM:
+    return load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32"))
+
+
+def test_special_tokens_added_and_embeddings_resized(lm: FrozenLM) -> None:
+    tok = lm.tokenizer
+    ids = [lm.hist_id, lm.user_out_id, lm.item_out_id, lm.pad_id]
+    assert len(set(ids)) == 4
+    for t in SPECIAL_TOKENS:
+        assert tok(t, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(t)]
+    assert lm.input_embeddings().shape == (len(tok), lm.hidden_size)
+    assert lm.model.config.pad_token_id == lm.pad_id
+    # new rows are the mean of the old ones, deterministically
+    table = lm.input_embeddings()
+    torch.testing.assert_close(table[lm.hist_id], table[: lm.hist_id].mean(0))
+
+
+def test_every_weight_frozen_and_eval_even_after_train(lm: FrozenLM) -> None:
+    lm.train()
+    assert not lm.training and not lm.model.training
+    assert all(not p.requires_grad for p in lm.parameters())
+
+
+def test_hidden_is_body_only_and_grads_reach_inputs_not_weights(lm: FrozenLM) -> None:
+    calls = []
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        x = torch.randn(2, 7, lm.hidden_size, requires_grad=True)
+        h = lm.hidden(x)
+        (h * torch.randn_like(h)).sum().backward()
+    finally:
+        hook.remove()
+    assert h.shape == (2, 7, lm.hidden_size)
+    assert calls == []  # the vocabulary projection never ran
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.parameters())
+
+
+def test_right_padding_without_mask_matches_masked_at_real_positions(lm: FrozenLM) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 9, lm.hidden_size)
+    lengths = torch.tensor([9, 5, 2])
+    mask = (torch.arange(9)[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        free = lm.hidden(x)
+        masked = lm.hidden(x, mask)
+        alone = lm.hidden(x[1:2, :5])
+    real = mask.bool()
+    torch.testing.assert_close(free[real], masked[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(free[1, :5], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_content_hash_is_stable_across_reload_and_dtype_and_sees_weights(lm: FrozenLM, cache: str) -> None:
+    again = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="bfloat16"))
+    assert again.content_hash() == lm.content_hash()
+    assert len(lm.content_hash()) == 64
+    with torch.no_grad():
+        again.model.model.layers[1].mlp.up_proj.weight.mul_(2.0)
+    again._hash = None
+    assert again.content_hash() != lm.content_hash()
+
+
+def test_num_layers_truncates(cache: str) -> None:
+    one = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, num_layers=1, dtype="float32"))
+    assert len(one.body.layers) == 1
+
+
+def test_bad_paths_give_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_frozen_lm(LLMConfig(path=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+        load_frozen_lm(LLMConfig(path=str(tmp_path)))
+    from transformers import ViTConfig
+
+    ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ConfigError, match="not a causal LM"):
+        load_frozen_lm(LLMConfig(path=str(tmp_path / "vit")))
+
+
+def test_config_validation_and_dtypes() -> None:
+    with pytest.raises(ConfigError, match="dtype"):
+        LLMConfig(dtype="int8")
+    with pytest.raises(ConfigError, match="num_layers"):
+        LLMConfig(num_layers=0)
+    assert resolve_dtype("float32") is torch.float32
+    assert resolve_dtype("auto") in (torch.bfloat16, torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.real_assets
+def test_smollm2_conversion_special_tokens_and_paris() -> None:
+    """Converts the GGUF once into the default cache (reused afterwards), then checks the real model.
+    The weights are 4-bit quantized (Q4_1), dequantized on load."""
+    t0 = time.perf_counter()
+    path = smollm2_safetensors()
+    convert_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lm = load_frozen_lm(LLMConfig(path="smollm2", dtype="float32"))
+    load_s = time.perf_counter() - t0
+    print(f"smollm2: convert-or-reuse {convert_s:.1f} s, load {load_s:.1f} s from {path}")
+    assert lm.hidden_size == 576 and len(lm.body.layers) == 30
+    assert all(not p.requires_grad for p in lm.parameters())
+    tok = lm.tokenizer
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = lm.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=lm.pad_id)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+@pytest.mark.slow
+@pytest.mark.real_assets
+def test_smollm2_two_layers_gradients_reach_inputs_only() -> None:
+    lm = load_frozen_lm(LLMConfig(path="smollm2", num_layers=2))
+    assert len(lm.body.layers) == 2 and lm.hidden_size == 576
+    x = torch.randn(2, 16, 576, dtype=lm.dtype, requires_grad=True)
+    lm.hidden(x).float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.parameters())

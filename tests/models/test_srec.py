@@ -1,0 +1,202 @@
+"""LLM-SRec composition: the trainable set, freezing, dedup, bucketing, out-token reads, learning."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from dist_srec.errors import CheckpointError, ConfigError
+from dist_srec.losses import LossConfig
+from dist_srec.models.llm import FrozenLM, LLMConfig, load_frozen_lm
+from dist_srec.models.srec import LLMSRec, LLMSRecConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TITLES = [None] + [
+    f"Movie number {w} ({1990 + i})"
+    for i, w in enumerate(
+        ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+    )
+]
+N = len(TITLES) - 1
+TRAINABLE = {"item_proj", "user_out", "item_out", "user_head", "item_head", "teacher_proj"}
+
+
+class StubTeacher(nn.Module):
+    """Anything with item_embeddings() and user_vector(); dropout shows whether it stays in eval."""
+
+    def __init__(self, n_items: int, d: int = 16) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.lin = nn.Linear(d, d)
+        self.drop = nn.Dropout(0.5)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight
+
+    def user_vector(self, history: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.drop(self.emb(history).mean(1)))
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> FrozenLM:
+    return load_frozen_lm(
+        LLMConfig(path="tiny", cache_dir=str(tmp_path_factory.mktemp("c")), dtype="float32")
+    )
+
+
+def make_model(lm: FrozenLM, **cfg) -> LLMSRec:
+    torch.manual_seed(0)
+    return LLMSRec(lm, StubTeacher(N), TITLES, LLMSRecConfig(head_hidden=64, **cfg))
+
+
+def make_batch() -> dict[str, torch.Tensor]:
+    history = torch.tensor([[0, 0, 0, 1, 2], [3, 4, 5, 6, 7], [0, 0, 0, 0, 9], [2, 11, 10, 8, 3]])
+    ts = torch.where(history > 0, 1_600_000_000 + history * 86400 * 3, 0)
+    return {"history": history, "history_ts": ts, "target": torch.tensor([3, 8, 10, 1])}
+
+
+NEG = torch.tensor([[4, 5, 6], [1, 2, 9], [1, 3, 4], [5, 6, 7]])
+
+
+def test_trainable_parameters_are_exactly_the_heads(lm: FrozenLM) -> None:
+    model = make_model(lm)
+    names = model.trainable_parameter_names()
+    assert {n.split(".")[1] for n in names} == TRAINABLE
+    assert all(n.startswith("heads.") for n in names)
+    assert set(names) == {f"heads.{k}" for k in model.trainable_state_dict()}
+    assert sum(p.numel() for p in model.trainable_parameters()) == sum(
+        p.numel() for p in model.heads.parameters()
+    )
+
+
+def test_frozen_parts_stay_in_eval_mode(lm: FrozenLM) -> None:
+    model = make_model(lm).train()
+    assert model.heads.training and not model.lm.training and not model.teacher.training
+    assert not any(m.training for m in model.lm.modules())
+
+
+def test_gradients_reach_every_head_and_no_frozen_weight_changes(lm: FrozenLM) -> None:
+    model = make_model(lm).train()
+    frozen = {k: v.clone() for k, v in {**model.lm.state_dict(), **model.teacher.state_dict()}.items()}
+    heads_before = copy.deepcopy(model.heads.state_dict())
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    terms = model.loss(make_batch(), NEG)
+    terms["loss"].backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+    opt.step()
+    after = {**model.lm.state_dict(), **model.teacher.state_dict()}
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)
+    assert any(not torch.equal(heads_before[k], v) for k, v in model.heads.state_dict().items())
+
+
+def _count_rows(model: LLMSRec) -> list[int]:
+    rows: list[int] = []
+    inner = model.lm.hidden
+
+    def hidden(x, attention_mask=None):
+        rows.append(x.shape[0])
+        return inner(x, attention_mask)
+
+    model.lm.hidden = hidden
+    return rows
+
+
+def test_items_are_deduplicated_before_the_lm(lm: FrozenLM) -> None:
+    model = make_model(lm)
+    rows = _count_rows(model)
+    try:
+        with torch.no_grad():
+            z = model.encode_items(torch.tensor([3, 1, 3, 3, 2]))
+    finally:
+        del model.lm.hidden
+    assert sum(rows) == 3
+    assert z.shape == (5, 128)
+    torch.testing.assert_close(z[0], z[2])
+    torch.testing.assert_close(z[0], z[3])
+
+
+def test_bucketing_and_padding_do_not_change_results(lm: FrozenLM) -> None:
+    big, small = make_model(lm), make_model(lm, max_tokens_per_forward=64)
+    small.heads.load_state_dict(big.heads.state_dict())
+    batch = make_batch()
+    rows = _count_rows(small)
+    try:
+        with torch.no_grad():
+            u_small = small.encode_users(batch)
+            i_small = small.encode_items(torch.arange(1, N + 1))
+    finally:
+        del small.lm.hidden
+    assert len(rows) > 2  # several buckets ran
+    with torch.no_grad():
+        u_big = big.encode_users(batch)
+        i_big = big.encode_items(torch.arange(1, N + 1))
+        # each user alone: no padding at all, out token at T-1
+        alone = torch.cat([big.encode_users({k: v[b : b + 1] for k, v in batch.items()}) for b in range(4)])
+    torch.testing.assert_close(u_small, u_big, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(i_small, i_big, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, u_big, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_goes_down(lm: FrozenLM) -> None:
+    model = make_model(lm).train()
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, betas=(0.9, 0.98))
+    batch = make_batch()
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        terms = model.loss(batch, NEG)
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_ablation_without_distillation_leaves_teacher_proj_untouched(lm: FrozenLM) -> None:
+    model = make_model(lm, loss=LossConfig(distill=False))
+    terms = model.loss(make_batch(), NEG)
+    terms["loss"].backward()
+    assert terms["distill_mse"] == 0
+    assert all(p.grad is None for p in model.heads.teacher_proj.parameters())
+
+
+def test_bad_inputs(lm: FrozenLM) -> None:
+    with pytest.raises(CheckpointError, match="another catalog"):
+        LLMSRec(lm, StubTeacher(N + 3), TITLES, LLMSRecConfig(head_hidden=64))
+    with pytest.raises(ValueError, match="negatives"):
+        make_model(lm).loss(make_batch(), NEG[:, :2])
+    with pytest.raises(ConfigError, match="max_tokens_per_forward"):
+        LLMSRecConfig(max_tokens_per_forward=0)
+
+
+def test_with_the_sasrec_teacher(lm: FrozenLM) -> None:
+    sasrec = pytest.importorskip("dist_srec.models.sasrec")
+    teacher = sasrec.SASRec(sasrec.SASRecConfig(num_items=N, hidden=16, max_len=8))
+    model = LLMSRec(lm, teacher, TITLES, LLMSRecConfig(head_hidden=64)).train()
+    terms = model.loss(make_batch(), NEG)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and not teacher.training
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.real_assets
+def test_smollm2_two_layers_training_step() -> None:
+    """Real (4-bit quantized, dequantized) SmolLM2 weights cut to 2 layers, default dtype."""
+    lm = load_frozen_lm(LLMConfig(path="smollm2", num_layers=2))
+    model = LLMSRec(lm, StubTeacher(N), TITLES, LLMSRecConfig()).train()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
+    terms = model.loss(make_batch(), NEG)
+    terms["loss"].backward()
+    opt.step()
+    assert torch.isfinite(terms["loss"])
+    assert all(torch.equal(before[k], v) for k, v in lm.state_dict().items())
