@@ -65,13 +65,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job, end to end on the embedded default (ML-100K)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--llm", default="smollm2", help="'smollm2' (default), 'tiny' (random, smoke run) or a local HF dir"
+    )
+    p.add_argument("--fast", action="store_true", help="tiny budgets everywhere (a smoke run, not a result)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dist_srec.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, llm=args.llm, fast=args.fast)
 
 
 def _add_teacher_commands(sub: argparse._SubParsersAction) -> None:
@@ -81,12 +85,20 @@ def _add_teacher_commands(sub: argparse._SubParsersAction) -> None:
     add_teacher_commands(sub)
 
 
+def _add_srec_commands(sub: argparse._SubParsersAction) -> None:
+    """`train`, `evaluate` and `recommend` (flags in `dist_srec.train.srec_cli`)."""
+    from dist_srec.train.srec_cli import add_srec_commands
+
+    add_srec_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-srec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_demo_command(sub)
     _add_teacher_commands(sub)
+    _add_srec_commands(sub)
     return parser
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from dist_srec.errors import CheckpointError
 from dist_srec.models.srec import LLMSRec
 from dist_srec.train.context import TrainContext
-from dist_srec.train.teacher import sample_train_negatives
+from dist_srec.train.teacher_loss import sample_train_negatives
 
 CHECKPOINT_FORMAT = "dist-srec/llm-srec"
 CHECKPOINT_VERSION = 1

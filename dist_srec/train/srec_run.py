@@ -116,15 +116,22 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
     user_items = cat.user_items()
     proto = EvalProtocol(
-        protocol="sampled", split="valid", seed=cfg.loop.seed, num_users=cfg.eval_users, num_negatives=cfg.eval_negatives
+        protocol="sampled",
+        split="valid",
+        seed=cfg.loop.seed,
+        num_users=cfg.eval_users,
+        num_negatives=cfg.eval_negatives,
     )
     selected = select_users(cat.num_users, proto.num_users, proto.seed)
 
     def validate(t: SRecTask) -> dict[str, float]:
         m = t.model
         show = cfg.loop.progress and ctx.is_main
+
         def batches() -> Any:
-            return _loader(cfg.data, "valid", cfg.eval_batch_size, teacher_len, ctx, shuffle=False, remainder="pad")
+            return _loader(
+                cfg.data, "valid", cfg.eval_batch_size, teacher_len, ctx, shuffle=False, remainder="pad"
+            )
 
         items = item_table(m, cat.num_items, progress=show)
         users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show)
@@ -162,6 +169,22 @@ def _model_cfg(d: dict[str, Any]) -> LLMSRecConfig:
     return LLMSRecConfig(**{**d, "loss": LossConfig(**d["loss"]), "prompts": PromptConfig(**d["prompts"])})
 
 
+def catalog_vectors(
+    model: LLMSRec,
+    conf: dict[str, Any],
+    ckpt: str | Path,
+    num_items: int,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Path]:
+    """The [N+1, d] item table of a checkpoint, encoded once and cached under
+    `<cache_dir or ckpt/cache>/items-<checkpoint sha>-<LM hash>.safetensors`."""
+    sha = ckpt_io.model_sha256(ckpt)
+    name = f"items-{sha[:16]}-{conf['llm']['content_hash'][:12]}.safetensors"
+    cache = Path(cache_dir or Path(ckpt) / "cache") / name
+    return cached_item_table(cache, lambda: item_table(model, num_items, progress=progress)), cache
+
+
 def evaluate_srec(
     ckpt: str | Path,
     *,
@@ -180,7 +203,9 @@ def evaluate_srec(
     """LLM-SRec vs its teacher on `split`: sampled and full protocols, optional shuffle diagnostic."""
     model, conf, cat = load_srec(ckpt, data=data)
     protocols = [
-        EvalProtocol(protocol="sampled", split=split, seed=seed, num_users=num_users, num_negatives=num_negatives),
+        EvalProtocol(
+            protocol="sampled", split=split, seed=seed, num_users=num_users, num_negatives=num_negatives
+        ),
         EvalProtocol(
             protocol="full", split=split, seed=seed, num_users=num_users, exclude_history=exclude_history
         ),
@@ -191,11 +216,7 @@ def evaluate_srec(
     ctx = TrainContext()
     batches = lambda: _loader(cat.root, split, batch_size, width, ctx, shuffle=False, remainder="pad")  # noqa: E731
     sha = ckpt_io.model_sha256(ckpt)
-    cache = (
-        Path(cache_dir or Path(ckpt) / "cache")
-        / f"items-{sha[:16]}-{conf['llm']['content_hash'][:12]}.safetensors"
-    )
-    items = cached_item_table(cache, lambda: item_table(model, cat.num_items, progress=progress))
+    items, cache = catalog_vectors(model, conf, ckpt, cat.num_items, cache_dir, progress)
     teacher = model.teacher
     models = {
         "llm-srec": (model.encode_users, items, model.cfg.prompts.max_history_items),
