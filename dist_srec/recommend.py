@@ -76,13 +76,17 @@ def recommend(
     k: int = 10,
     data: str | Path | None = None,
     progress: bool = False,
+    loaded: tuple | None = None,
 ) -> list[Recommendation]:
-    """Top-k over the full catalog for a known user or an ad-hoc title history (exactly one of them)."""
+    """Top-k over the full catalog for a known user or an ad-hoc title history (exactly one of them).
+
+    `loaded` may pass the `(model, config, catalog)` of `load_srec(ckpt)` to reuse across calls.
+    """
     from dist_srec.train.srec_run import catalog_vectors, load_srec
 
     if (user is None) == (history is None):
         raise DataError("give exactly one of --user and --history")
-    model, conf, cat = load_srec(ckpt, data=data)
+    model, conf, cat = loaded or load_srec(ckpt, data=data)
     if k > cat.num_items:
         raise DataError(f"k={k} is larger than the catalog ({cat.num_items} items)", field="k")
     if user is not None:

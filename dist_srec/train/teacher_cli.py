@@ -32,6 +32,7 @@ from dist_srec.eval.protocols import (
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train.checkpoint import model_sha256
 from dist_srec.train.context import TrainContext
+from dist_srec.train.loop import Reporter
 from dist_srec.train.teacher import TeacherTrainConfig, TrainState, load_teacher, train_teacher
 
 
@@ -96,8 +97,12 @@ def pretrain_teacher(
     cfg: TeacherTrainConfig | None = None,
     ctx: TrainContext | None = None,
     final_eval: bool = True,
+    reporter: Reporter | None = None,
 ) -> TrainState:
-    """Train the teacher on a prepared data dir (every rank calls this), then evaluate OUT/best on test."""
+    """Train the teacher on a prepared data dir (every rank calls this), then evaluate OUT/best on test.
+
+    `reporter` is passed to the loop (e.g. `ray.train.report` under Ray Train).
+    """
     from dist_srec.data.catalog import Catalog
 
     cfg, ctx = cfg or TeacherTrainConfig(), ctx or TrainContext()
@@ -130,7 +135,9 @@ def pretrain_teacher(
     meta = {"num_items": cat.num_items, "num_users": cat.num_users, "manifest_sha256": cat.manifest_sha256}
     source = cat.manifest.get("source")
     meta["dataset"] = source.get("dataset") if isinstance(source, dict) else source
-    state = train_teacher(teacher, train, validate, cfg=cfg, ctx=ctx, out_dir=out_dir, meta=meta)
+    state = train_teacher(
+        teacher, train, validate, cfg=cfg, ctx=ctx, out_dir=out_dir, meta=meta, reporter=reporter
+    )
     if final_eval:
         evaluate_teacher(
             Path(out_dir) / "best", data_dir, out=Path(out_dir) / "results.json", seed=cfg.seed, ctx=ctx,
@@ -240,7 +247,7 @@ def pretrain_teacher_cli(args: argparse.Namespace) -> int:
     cfg = TeacherTrainConfig(**kw, resume=not args.no_resume, progress=not args.no_progress)
     state = pretrain_teacher(args.data, args.out, model=model, cfg=cfg, final_eval=not args.no_final_eval)
     print(f"teacher: {state.epoch} epochs, stopped: {state.stopped}, best valid {cfg.select_metric} "
-          f"{state.best_metric:.4f} at epoch {state.best_epoch}; checkpoint {args.out}/best")  # fmt: skip
+          f"{state.best_metric:.4f} at step {state.best_step}; checkpoint {args.out}/best")  # fmt: skip
     if not args.no_final_eval:
         _print_records(json.loads((Path(args.out) / "results.json").read_text()))
     return 0
