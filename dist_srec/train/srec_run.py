@@ -8,6 +8,7 @@ Training resumes from OUT/last. OUT/best holds the heads with the best validatio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
             )
 
         items = item_table(m, cat.num_items, progress=show)
+        if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
+            store_item_table(Path(cfg.out) / "cache", items, heads_key(m, parts["lm_hash"]))
         users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show)
         return evaluate_tables(users, items, batches(), proto, user_items=user_items, num_users=cat.num_users)
 
@@ -169,6 +172,26 @@ def _model_cfg(d: dict[str, Any]) -> LLMSRecConfig:
     return LLMSRecConfig(**{**d, "loss": LossConfig(**d["loss"]), "prompts": PromptConfig(**d["prompts"])})
 
 
+CACHE_KEEP = 3
+
+
+def heads_key(model: LLMSRec, lm_hash: str) -> str:
+    """Cache key of a model's item vectors: sha256 over the heads' tensors and the LM hash."""
+    h = hashlib.sha256(lm_hash.encode())
+    for name, t in sorted(model.trainable_state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def store_item_table(cache_dir: Path, table: Tensor, key: str) -> None:
+    """Write `items-<key>.safetensors`, keeping only the `CACHE_KEEP` newest tables of the folder."""
+    cached_item_table(cache_dir / f"items-{key}.safetensors", lambda: table)
+    old = sorted(cache_dir.glob("items-*.safetensors"), key=lambda p: p.stat().st_mtime_ns)[:-CACHE_KEEP]
+    for p in old:
+        p.unlink(missing_ok=True)
+
+
 def catalog_vectors(
     model: LLMSRec,
     conf: dict[str, Any],
@@ -178,10 +201,10 @@ def catalog_vectors(
     progress: bool = True,
 ) -> tuple[Tensor, Path]:
     """The [N+1, d] item table of a checkpoint, encoded once and cached under
-    `<cache_dir or ckpt/cache>/items-<checkpoint sha>-<LM hash>.safetensors`."""
-    sha = ckpt_io.model_sha256(ckpt)
-    name = f"items-{sha[:16]}-{conf['llm']['content_hash'][:12]}.safetensors"
-    cache = Path(cache_dir or Path(ckpt) / "cache") / name
+    `<cache_dir or the run dir's cache/>/items-<heads key>.safetensors` (training's validation rounds
+    write the same files, so evaluating `best` reuses the vectors of the round that made it best)."""
+    key = heads_key(model, conf["llm"]["content_hash"])
+    cache = Path(cache_dir or Path(ckpt).resolve().parent / "cache") / f"items-{key}.safetensors"
     return cached_item_table(cache, lambda: item_table(model, num_items, progress=progress)), cache
 
 
