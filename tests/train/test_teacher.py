@@ -13,13 +13,8 @@ from dist_srec.data.batch import collate
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.teacher import (
-    TeacherTrainConfig,
-    load_teacher,
-    sample_train_negatives,
-    teacher_loss,
-    train_teacher,
-)
+from dist_srec.train.teacher import TeacherTrainConfig, load_teacher, train_teacher
+from dist_srec.train.teacher_loss import sample_train_negatives, sampled_softmax_loss, teacher_loss
 
 N_ITEMS, N_USERS, L = 40, 48, 10
 
@@ -131,10 +126,32 @@ def test_loss_goes_down_and_model_learns_the_pattern(tmp_path) -> None:
         cfg=_cfg(epochs=30, eval_every=10, lr=5e-3),
         out_dir=tmp_path,
     )
-    losses = [h["loss"] for h in state.history]
+    losses = [h["train_loss"] for h in state.history]
     assert losses[-1] < losses[0] * 0.7, losses
     assert before < 0.3 and state.best_metric > 0.7  # chance is 5/40
     assert state.stopped == "epochs" and state.epoch == 30
+
+
+def test_sampled_softmax_matches_hand_computation_and_learns(tmp_path) -> None:
+    m = _model(dropout=0.0).eval()
+    batch = collate(cyclic_samples()[:4], L)
+    loss, n = sampled_softmax_loss(m, batch, N_ITEMS, torch.Generator().manual_seed(2), L, 6)
+    negs = torch.randint(1, N_ITEMS + 1, (6,), generator=torch.Generator().manual_seed(2))
+    hist = batch["history"]
+    valid = hist != 0
+    pos = torch.cat([hist[:, 1:], batch["target"][:, None]], 1)[valid]
+    h = m(hist)[valid]
+    logits = torch.cat([(h * m.item_emb(pos)).sum(-1, keepdim=True), h @ m.item_emb(negs).T], 1)
+    logits[:, 1:][negs[None, :] == pos[:, None]] = float("-inf")
+    assert n == int(valid.sum())
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(logits, torch.zeros(n, dtype=torch.int64))
+    )
+    state = train_teacher(
+        _model(), ListLoader(cyclic_samples()), _next_item_accuracy,
+        cfg=_cfg(epochs=20, eval_every=10, lr=5e-3, loss="sampled_softmax", num_negatives=8), out_dir=tmp_path,
+    )  # fmt: skip
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] and state.best_metric > 0.7
 
 
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path) -> None:
@@ -214,10 +231,10 @@ def test_time_budget_stops_and_validates(tmp_path) -> None:
         cfg=_cfg(epochs=50, eval_every=25, time_budget_s=1e-6),
         out_dir=tmp_path,
     )
-    assert state.stopped == "time_budget" and state.epoch == 1
+    assert state.stopped == "time_budget" and state.global_step == 1  # checked after every step
     assert (
         state.history
-        and state.history[-1]["epoch"] == 1
+        and state.history[-1]["step"] == 1
         and (tmp_path / "best" / "model.safetensors").is_file()
     )
 
@@ -230,7 +247,7 @@ def test_early_stopping(tmp_path) -> None:
         cfg=_cfg(epochs=20, eval_every=1, patience=2),
         out_dir=tmp_path,
     )
-    assert state.stopped == "early_stop" and state.epoch == 3 and state.best_epoch == 1
+    assert state.stopped == "early_stop" and state.epoch == 3 and state.best_step == 6  # 6 steps per epoch
 
 
 def test_train_config_validation() -> None:
@@ -238,3 +255,5 @@ def test_train_config_validation() -> None:
         TeacherTrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="'betas'"):
         TeacherTrainConfig(betas=(0.9, 1.5))
+    with pytest.raises(ConfigError, match="'loss'"):
+        TeacherTrainConfig(loss="bpr")
