@@ -15,7 +15,8 @@ DatasetName = Literal["ml-100k", "ml-1m", "amazon2023", "custom"]
 DATASETS: tuple[str, ...] = ("ml-100k", "ml-1m", "amazon2023", "custom")
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
+def check(cond: bool, name: str, msg: str) -> None:
+    """Raise `ConfigError` naming the field unless `cond` holds (every config's `__post_init__` uses it)."""
     if not cond:
         raise ConfigError(f"config field '{name}': {msg}")
 
@@ -51,19 +52,17 @@ class PrepareConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASETS, "dataset", f"'{self.dataset}' is not one of {DATASETS}")
-        _check(bool(self.out), "out", "an output directory is required")
+        check(self.dataset in DATASETS, "dataset", f"'{self.dataset}' is not one of {DATASETS}")
+        check(bool(self.out), "out", "an output directory is required")
         if self.dataset in ("amazon2023", "custom"):
-            _check(self.interactions is not None, "interactions", f"required for dataset '{self.dataset}'")
-            _check(self.items is not None, "items", f"required for dataset '{self.dataset}'")
-        _check(self.kcore >= 0, "kcore", f"must be >= 0, got {self.kcore}")
-        _check(
+            check(self.interactions is not None, "interactions", f"required for dataset '{self.dataset}'")
+            check(self.items is not None, "items", f"required for dataset '{self.dataset}'")
+        check(self.kcore >= 0, "kcore", f"must be >= 0, got {self.kcore}")
+        check(
             0.0 < self.user_fraction <= 1.0, "user_fraction", f"must be in (0, 1], got {self.user_fraction}"
         )
-        _check(
-            self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}"
-        )
-        _check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
+        check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
 
 
 @dataclass(kw_only=True)
@@ -85,10 +84,10 @@ class LoaderConfig:
     """Check each shard's sha256 against the manifest before reading it."""
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
-        _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-        _check(
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        check(
             self.remainder in ("drop", "pad"), "remainder", f"must be 'drop' or 'pad', got {self.remainder}"
         )

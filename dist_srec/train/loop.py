@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dist_srec.config import check
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.context import TrainContext
@@ -62,10 +63,6 @@ class LoopConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        def check(cond: bool, name: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"config field '{name}': {msg}")
-
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.eval_every_epochs >= 1, "eval_every_epochs", f"must be >= 1, got {self.eval_every_epochs}")
         check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")

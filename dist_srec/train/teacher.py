@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dist_srec.errors import CheckpointError, ConfigError
+from dist_srec.config import check
+from dist_srec.errors import CheckpointError
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.context import TrainContext
@@ -78,10 +79,6 @@ class TeacherTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        def check(cond: bool, name: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"config field '{name}': {msg}")
-
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "eval_negatives"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("patience", "eval_users", "num_workers", "save_every_steps"):
