@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dist_srec.errors import ConfigError
+from dist_srec.config import check
+from dist_srec.kernels.seq_lookup import seq_lookup
 
 
 @dataclass(kw_only=True)
@@ -47,10 +48,6 @@ class SASRecConfig:
     """LayerNorm epsilon, as the reference."""
 
     def __post_init__(self) -> None:
-        def check(cond: bool, name: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"config field '{name}': {msg}")
-
         check(self.num_items >= 1, "num_items", f"must be >= 1, got {self.num_items}")
         check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
         check(self.num_blocks >= 1, "num_blocks", f"must be >= 1, got {self.num_blocks}")
@@ -68,7 +65,7 @@ class SASRecConfig:
 
 
 def sasrec_embed(ids: Tensor, item_table: Tensor, pos_table: Tensor, scale: float) -> Tensor:
-    """The SASRec input embedding, padding masked: the torch reference of the fused kernel.
+    """The SASRec input embedding, padding masked, through the `seq_lookup` kernel dispatcher.
 
         out[b, l] = (item_table[ids[b, l]] * scale + pos_table[l]) * 1[ids[b, l] != 0]
 
@@ -78,10 +75,10 @@ def sasrec_embed(ids: Tensor, item_table: Tensor, pos_table: Tensor, scale: floa
         pos_table: [L, D] position embeddings, row l for column l of `ids`.
         scale: sqrt(D) in SASRec.
     Returns:
-        [B, L, D] in the dtype of `item_table`.
+        [B, L, D] in the dtype of `item_table`. The torch reference is
+        `dist_srec.kernels.seq_lookup.seq_lookup_reference`; the fused kernel is its `triton_impl`.
     """
-    keep = (ids != 0).unsqueeze(-1).to(item_table.dtype)  # [B, L, 1]
-    return (item_table[ids] * scale + pos_table) * keep
+    return seq_lookup(ids, item_table, pos_table, scale)
 
 
 class CausalSelfAttention(nn.Module):

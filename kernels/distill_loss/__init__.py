@@ -1,11 +1,15 @@
 """Fused distillation loss: L2-normalise both sides, MSE between them, uniformity of each side.
 
 `distill_loss(...)` is the entry point `dist_srec.losses` calls. The math, shapes and gradient are in
-`reference.py`, which is both the CPU production path and the oracle for the Triton kernel of issue 6.
+`reference.py` (pure torch, materialises the B×B pair matrix: the CPU production path and the oracle)
+and in `triton_impl.py` (three kernels, pairs tiled so memory stays O(B·d), gradient pieces
+accumulated in the forward's pair pass).
 
-Dispatch: `_use_triton(tensor)` says whether a Triton kernel could run (triton installed and the
-tensor on CUDA, or `TRITON_INTERPRET=1`). No Triton implementation exists yet, so every call runs the
-torch reference, on every device.
+Dispatch (`.._dispatch.use_triton`, on u's device): the Triton kernels when triton imports and u is
+on CUDA or `TRITON_INTERPRET=1`; the reference otherwise. `DIST_SREC_KERNELS=torch|triton|auto` or
+`force_kernel_path(...)` forces either path. `triton_impl` is imported only when chosen, so this
+package imports without triton. Both paths return fp32 scalars (the Triton path keeps fp64 for fp64
+inputs, which gradcheck uses).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ def distill_loss(
     mse: bool = True,
     uniformity: bool = True,
 ) -> DistillTerms:
-    """(MSE(û, ĉ), U(û), U(ĉ)) in fp32; see `distill_loss_reference`.
+    """(MSE(û, ĉ), U(û), U(ĉ)) in fp32; see `distill_loss_reference`."""
+    if _use_triton(u):
+        from .triton_impl import distill_loss_triton
 
-    Always the torch reference for now: a Triton path will be chosen here by `_use_triton` once
-    `triton_impl.py` exists (issue 6).
-    """
+        return DistillTerms(*distill_loss_triton(u, c, mse=mse, uniformity=uniformity))
     return distill_loss_reference(u, c, mse=mse, uniformity=uniformity)

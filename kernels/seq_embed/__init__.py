@@ -1,12 +1,13 @@
 """Fused sequence-embedding splice: token-table gather with [HistoryEmb] / out-token replacement.
 
 `seq_embed(...)` is the entry point the model calls. The math, shapes and gradient are in
-`reference.seq_embed_reference`, which is both the CPU production path and the oracle for the Triton
-kernel of issue 6.
+`reference.seq_embed_reference` (pure torch: the CPU production path and the oracle) and in
+`triton_impl` (one fused gather pass forward; a deterministic sort-based segmented sum backward).
 
-Dispatch: `_use_triton(tensor)` says whether a Triton kernel could run (triton installed and the
-tensor on CUDA, or `TRITON_INTERPRET=1`). No Triton implementation exists yet, so every call runs the
-torch reference, on every device.
+Dispatch (`.._dispatch.use_triton`, decided on the table's device): the Triton kernels when triton
+imports and the table is on CUDA or `TRITON_INTERPRET=1`; the reference otherwise.
+`DIST_SREC_KERNELS=torch|triton|auto` or `force_kernel_path(...)` forces either path. `triton_impl`
+is imported only when chosen, so this package imports without triton.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def seq_embed(
     hist_id: int,
     out_ids: Sequence[int],
 ) -> Tensor:  # [B, T, H]
-    """Spliced input embeddings [B, T, H]; see `seq_embed_reference` for the contract.
+    """Spliced input embeddings [B, T, H]; see `seq_embed_reference` for the contract."""
+    if _use_triton(table):
+        from .triton_impl import seq_embed_triton
 
-    Always the torch reference for now: a Triton path will be chosen here by `_use_triton` once
-    `triton_impl.py` exists (issue 6).
-    """
-    return seq_embed_reference(
-        input_ids, table, item_rows, slot_to_row, out_vectors, hist_id=hist_id, out_ids=out_ids
-    )
+        fn = seq_embed_triton
+    else:
+        fn = seq_embed_reference
+    return fn(input_ids, table, item_rows, slot_to_row, out_vectors, hist_id=hist_id, out_ids=out_ids)
