@@ -13,7 +13,7 @@ TEST_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL
 	RAY_AUTH_MODE=disabled TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-all lint format bench bench-quality clean
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
+# Each benchmark writes benchmarks/results/<name>.{json,md}; bench-quality takes hours (resumable).
 bench: setup
 	$(TEST_ENV) $(PY) benchmarks/bench_data.py
+	$(TEST_ENV) $(PY) benchmarks/bench_teacher.py
+	$(TEST_ENV) $(PY) benchmarks/bench_kernels.py
+
+bench-quality: setup
+	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_quality.py
 
 clean:
 	rm -rf $(VENV) .cache runs
