@@ -52,12 +52,17 @@ def parse() -> argparse.Namespace:
 
 
 def teacher_ckpt(args: argparse.Namespace, data: Path) -> Path:
+    """--teacher if given; else WORK/teacher/best if a finished teacher is there; else train one there."""
     if args.teacher:
         return Path(args.teacher)
+    from dist_srec.io import read_json
     from dist_srec.train.teacher import TeacherTrainConfig
     from dist_srec.train.teacher_cli import pretrain_teacher
 
     out = Path(args.work) / "teacher"
+    state = out / "last" / "train_state.json"
+    if (out / "best").is_dir() and state.is_file() and read_json(state)["train_state"].get("stopped"):
+        return out / "best"
     cfg = TeacherTrainConfig(epochs=400, eval_every=5, patience=6, time_budget_s=args.teacher_budget_min * 60,
                              seed=args.seed, progress=not args.no_progress)  # fmt: skip
     pretrain_teacher(data, out, cfg=cfg, final_eval=False)
