@@ -40,7 +40,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--teacher", help="a trained ML-1M teacher checkpoint (default: train one in WORK)")
     p.add_argument("--teacher-budget-min", type=float, default=40.0)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=300, help="training steps per variant (302 = one ML-1M epoch)")
+    p.add_argument(
+        "--steps", type=int, default=300, help="training steps per variant (302 = one ML-1M epoch)"
+    )
     p.add_argument("--eval-every-steps", type=int, default=100)
     p.add_argument("--valid-users", type=int, default=300)
     p.add_argument("--eval-users", type=int, default=1000, help="seeded test-user subset (0 = all 6040)")
@@ -100,7 +102,9 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
         t0 = time.perf_counter()
         doc = evaluate_srec(out / "best", split="test", num_users=args.eval_users, seed=args.seed,
                             shuffle_history=True, progress=not args.no_progress)  # fmt: skip
-        doc.update(checkpoint_sha256=sha, num_users=args.eval_users, eval_s=round(time.perf_counter() - t0, 1))
+        doc.update(
+            checkpoint_sha256=sha, num_users=args.eval_users, eval_s=round(time.perf_counter() - t0, 1)
+        )
         write_json_atomic(ev_file, doc)
     return {"train": train, "eval": doc}
 
@@ -135,7 +139,10 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[s
         if "no-distill" in results:
             nd = results["no-distill"]["eval"]["report"]["llm-srec"]["sampled"]["ndcg@10"]
             claims["beats_no_distill_sampled_ndcg@10"] = ours > nd
-    lines += ["", "Paper claims checked: " + (", ".join(f"{k}: {v}" for k, v in claims.items()) or "none yet")]
+    lines += [
+        "",
+        "Paper claims checked: " + (", ".join(f"{k}: {v}" for k, v in claims.items()) or "none yet"),
+    ]
     payload = {"benchmark": "quality", "dataset": "ml-1m", "machine": machine(), "settings": vars(args),
                "missing": missing, "claims": claims, "results": results}  # fmt: skip
     write_results("quality_ml-1m", payload, "\n".join(lines))
