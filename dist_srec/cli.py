@@ -2,6 +2,7 @@
 
 dist-srec prepare --dataset ml-1m --out data/ml-1m
 dist-srec demo --out runs/demo
+dist-srec launch train --data D --teacher T --out runs/srec --workers 2 --zero-stage 3
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def _add_srec_commands(sub: argparse._SubParsersAction) -> None:
     add_srec_commands(sub)
 
 
+def _add_launch_commands(sub: argparse._SubParsersAction) -> None:
+    """`launch train` and `launch pretrain-teacher` on Ray Train (flags in `dist_srec.dist.launch_cli`)."""
+    from dist_srec.dist.launch_cli import add_launch_commands
+
+    add_launch_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-srec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_command(sub)
     _add_teacher_commands(sub)
     _add_srec_commands(sub)
+    _add_launch_commands(sub)
     return parser
 
 

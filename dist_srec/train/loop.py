@@ -10,13 +10,16 @@ says what is trained and how its loss is computed; the loop does everything else
     checkpoint: out/last = weights + optimizer + RNG + TrainState + every rank's loader cursor
                 out/best = weights + config (+ the validation metrics that made it best)
 
-Only rank 0 writes files. `reporter(metrics, checkpoint_dir)` is called on every rank at the same
-points (every `log_every_steps` steps, and after each `last` save), so a Ray Train reporter can use
-it as the barrier it is.
+Only rank 0 writes files; at every `last` save all ranks also check that the trained weights are
+bitwise identical across ranks (data-parallel replicas) and raise `CheckpointError` together if not.
+`reporter(metrics, checkpoint_dir)` is called on every rank at the same points (every
+`log_every_steps` steps, and after each `last` save), so a Ray Train reporter can use it as the
+barrier it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -139,12 +142,29 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> 1))
 
 
-def _gather_cursors(loader: BatchLoader, ctx: TrainContext) -> list[dict]:
+def weights_digest(state: Mapping[str, Tensor]) -> str:
+    """sha256 over a state dict's names and tensor bytes: equal digests = bitwise-equal replicas."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather_cursors(loader: BatchLoader, ctx: TrainContext, task: TrainTask) -> list[dict]:
+    """Every rank's loader cursor; with several ranks also checks that the trained weights are
+    bitwise identical on every rank (data-parallel replicas), raising on all ranks if not."""
     if ctx.world_size <= 1 or not dist.is_initialized():
         return [loader.state_dict()]
     out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, loader.state_dict())
-    return out
+    dist.all_gather_object(out, (loader.state_dict(), weights_digest(task.state_dict())))
+    digests = [d for _, d in out]
+    if len(set(digests)) > 1:
+        raise CheckpointError(
+            f"the trained weights differ across ranks (sha256 prefixes {[d[:12] for d in digests]}): the "
+            "data-parallel replicas diverged; gradients were not averaged identically on every rank"
+        )
+    return [c for c, _ in out]
 
 
 class Trainer:
@@ -204,7 +224,7 @@ class Trainer:
         return True
 
     def save_last(self) -> None:
-        cursors = _gather_cursors(self.loader, self.ctx)
+        cursors = _gather_cursors(self.loader, self.ctx, self.task)
         if self.ctx.is_main:
             ckpt_io.save_checkpoint(
                 self.last_dir,

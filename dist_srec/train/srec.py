@@ -69,7 +69,9 @@ class SRecTask:
         return terms["loss"], {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
 
     def sync_grads(self) -> None:
-        """Average the heads' gradients over ranks (a no-op on one rank)."""
+        """Average the heads' gradients over ranks (a no-op on one rank). Called after each backward,
+        it also re-partitions LM weights that ZeRO-3 left gathered (`FrozenLM.release_gathered`)."""
+        self.model.lm.release_gathered()
         if self.ctx.world_size <= 1:
             return
         params = [p for p in self.trainable() if p.grad is not None]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from dist_srec.config import LoaderConfig
 from dist_srec.data.catalog import Catalog
+from dist_srec.dist.deepspeed_config import DeepSpeedConfig
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.eval.compare import (
     cached_item_table,
@@ -27,7 +28,7 @@ from dist_srec.eval.compare import (
     user_table,
 )
 from dist_srec.eval.protocols import EvalProtocol, result_record, select_users, write_results
-from dist_srec.models.llm import LLMConfig, load_frozen_lm
+from dist_srec.models.llm import LLMConfig, load_frozen_lm, resolve_llm_path
 from dist_srec.models.srec import LLMSRec, LLMSRecConfig
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.context import TrainContext
@@ -58,6 +59,9 @@ class SRecRunConfig:
     eval_negatives: int = 99
     """Validation: sampled negatives per user."""
     device: str | None = None
+    deepspeed: DeepSpeedConfig | None = None
+    """Place the frozen LLM with DeepSpeed (ZeRO stage 0 or 3; needs a process group, e.g. Ray Train
+    through `launch/train.py`); None loads it as a plain replicated torch module."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
@@ -75,11 +79,27 @@ def _loader(data: str | Path, split: str, batch_size: int, max_len: int, ctx: Tr
 
 
 def build_model(
-    llm_cfg: LLMConfig, teacher_path: str | Path, cat: Catalog, model_cfg: LLMSRecConfig, device: torch.device
+    llm_cfg: LLMConfig,
+    teacher_path: str | Path,
+    cat: Catalog,
+    model_cfg: LLMSRecConfig,
+    device: torch.device,
+    *,
+    deepspeed: DeepSpeedConfig | None = None,
+    micro_batch: int = 1,
 ) -> tuple[LLMSRec, dict[str, Any]]:
-    """Load the frozen LM and teacher and compose LLM-SRec; returns it with its identity parts."""
+    """Load the frozen LM and teacher and compose LLM-SRec; returns it with its identity parts.
+
+    With `deepspeed`, every rank must call this (the LM is placed collectively, see
+    `dist_srec.dist.engine`); `micro_batch` is the per-rank batch DeepSpeed's config records.
+    """
     teacher, _ = load_teacher(teacher_path, num_items=cat.num_items)
-    lm = load_frozen_lm(llm_cfg, device)
+    if deepspeed is None:
+        lm = load_frozen_lm(llm_cfg, device)
+    else:
+        from dist_srec.dist.engine import load_lm_deepspeed
+
+        lm = load_lm_deepspeed(llm_cfg, deepspeed, device, micro_batch=micro_batch)
     with torch.random.fork_rng():
         torch.manual_seed(model_cfg.seed)  # the same initial heads on every rank and every run
         model = LLMSRec(lm, teacher.to(device), [None, *cat.titles[1:]], model_cfg)
@@ -96,11 +116,23 @@ def build_model(
     return model, parts
 
 
-def item_table(model: LLMSRec, num_items: int, batch_items: int = 256, progress: bool = True) -> Tensor:
-    """The whole catalog through the item prompt, [N+1, d] (row 0 zeros)."""
+def item_table(
+    model: LLMSRec,
+    num_items: int,
+    batch_items: int = 256,
+    progress: bool = True,
+    ctx: TrainContext | None = None,
+) -> Tensor:
+    """The whole catalog through the item prompt, [N+1, d] (row 0 zeros); with several ranks in
+    `ctx`, each encodes a 1/W share and the table is all-gathered (every rank must call this)."""
     was = model.training
     model.eval()
-    table = encode_catalog(model.encode_items, num_items, batch_items, progress)
+    if ctx is not None and ctx.world_size > 1:
+        from dist_srec.dist.sharded_eval import sharded_encode_catalog
+
+        table = sharded_encode_catalog(model.encode_items, num_items, ctx, batch_items, progress)
+    else:
+        table = encode_catalog(model.encode_items, num_items, batch_items, progress)
     model.train(was)
     return table
 
@@ -109,7 +141,13 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     """Train (or resume) LLM-SRec; every rank calls this with the same config."""
     ctx = ctx or TrainContext.from_env(cfg.device)
     cat = Catalog.load(cfg.data)
-    model, parts = build_model(cfg.llm, cfg.teacher, cat, cfg.model, ctx.device)
+    ctx.local_first(lambda: resolve_llm_path(cfg.llm))  # one rank per machine builds a cached copy
+    if cfg.deepspeed is not None:
+        from dist_srec.dist.engine import init_deepspeed_distributed
+
+        init_deepspeed_distributed()
+    model, parts = build_model(cfg.llm, cfg.teacher, cat, cfg.model, ctx.device, deepspeed=cfg.deepspeed,
+                               micro_batch=cfg.batch_size)  # fmt: skip
     teacher_len = model.teacher.cfg.max_len
     train_cfg = {"batch_size": cfg.batch_size, "loop": asdict(cfg.loop), "world_size": ctx.world_size}
     task = SRecTask(model, identity(**parts, train=train_cfg))
@@ -134,7 +172,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
                 cfg.data, "valid", cfg.eval_batch_size, teacher_len, ctx, shuffle=False, remainder="pad"
             )
 
-        items = item_table(m, cat.num_items, progress=show)
+        items = item_table(m, cat.num_items, progress=show, ctx=ctx)
         if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
             store_item_table(Path(cfg.out) / "cache", items, heads_key(m, parts["lm_hash"]))
         users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show)

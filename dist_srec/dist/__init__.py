@@ -1,0 +1,3 @@
+"""Distributed training: DeepSpeed placement of the frozen LLM (`deepspeed_config`, `engine`), Ray Train
+orchestration of the one training loop (`ray_train`, `launch_cli`), catalog encoding sharded over ranks
+(`sharded_eval`), and Ray Jobs submission (`submit`)."""
