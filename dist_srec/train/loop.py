@@ -57,7 +57,8 @@ class LoopConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps in all (0 = no limit)."""
     time_budget_s: float = 0.0
-    """Stop at the next validation point once this much training time is spent (0 = no budget)."""
+    """Stop after the step in which this much training time is spent (0 = no budget); the end state
+    is then validated once."""
     save_every_steps: int = 0
     """Also write `last` every this many steps (0 = only at validation rounds and epoch ends)."""
     log_every_steps: int = 10
