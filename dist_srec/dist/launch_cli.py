@@ -92,16 +92,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
     from dist_srec.dist.ray_train import TeacherJob
-    from dist_srec.train.teacher import TeacherTrainConfig
-    from dist_srec.train.teacher_cli import _MODEL_FLAGS
+    from dist_srec.train.teacher_cli import teacher_configs
 
-    model = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
-    kw = {
-        f.name: getattr(args, f.name)
-        for f in fields(TeacherTrainConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    train = TeacherTrainConfig(**kw, resume=not args.no_resume, progress=not args.no_progress)
+    model, train = teacher_configs(args)
     job = TeacherJob(
         data=args.data, out=args.out, model=model, train=train, final_eval=not args.no_final_eval
     )

@@ -29,7 +29,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dist_srec.eval.metrics import finalize
-from dist_srec.eval.protocols import EvalProtocol, UserItems, all_reduce_sums, evaluate_full, evaluate_sampled
+from dist_srec.eval.protocols import (
+    EvalProtocol,
+    UserItems,
+    all_reduce_sums,
+    evaluate_full,
+    evaluate_sampled,
+    select_rows,
+)
 from dist_srec.io import atomic_path
 
 Batch = Mapping[str, Tensor]
@@ -88,7 +95,7 @@ def user_table(
         keep = batch["mask"].bool() & torch.from_numpy(selected[batch["user"].numpy()])
         if not keep.any():
             continue
-        sub = {k: v[keep] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == keep.shape}
+        sub = select_rows(batch, keep)
         if transform is not None:
             sub = transform(sub)
         vecs = vec_fn(sub).float().cpu()

@@ -125,6 +125,11 @@ def _rows(batch: Batch, selected: np.ndarray | None) -> Tensor:
     return keep
 
 
+def select_rows(batch: Batch, keep: Tensor) -> dict[str, Tensor]:
+    """The rows `keep` [B] bool of every per-sample tensor of a batch."""
+    return {k: v[keep] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == keep.shape}
+
+
 def _progress(batches: Iterable[Batch], desc: str, show: bool) -> Iterable[Batch]:
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     return tqdm(batches, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True)
@@ -156,7 +161,7 @@ def evaluate_sampled(
             users.numpy(), targets.numpy(), user_items, num_items, protocol.num_negatives, protocol.seed
         )
         cands = torch.cat([targets[:, None], torch.from_numpy(negs)], 1)  # [b, 1+n], target at 0
-        sub = {k: v[keep] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == keep.shape}
+        sub = select_rows(batch, keep)
         scores = score_fn(sub, cands)
         sums = add_sums(sums, metric_sums(rank_of_target(scores.cpu(), 0), protocol.ks))
     return sums
@@ -179,7 +184,7 @@ def evaluate_full(
         keep = _rows(batch, selected)
         if not keep.any():
             continue
-        sub = {k: v[keep] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == keep.shape}
+        sub = select_rows(batch, keep)
         user_vecs = user_vec_fn(sub).to(item_vecs.device)
         exclude = (
             Exclusion.from_history(sub["history"].to(item_vecs.device)) if protocol.exclude_history else None

@@ -237,14 +237,19 @@ def _default(name: str) -> Any:
     return next(f.default for f in fields(SASRecConfig) if f.name == name)
 
 
-def pretrain_teacher_cli(args: argparse.Namespace) -> int:
+def teacher_configs(args: argparse.Namespace) -> tuple[dict[str, Any], TeacherTrainConfig]:
+    """(model overrides, training config) from `pretrain-teacher` flags; unset flags keep defaults."""
     model = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
     kw = {
         f.name: getattr(args, f.name)
         for f in fields(TeacherTrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    cfg = TeacherTrainConfig(**kw, resume=not args.no_resume, progress=not args.no_progress)
+    return model, TeacherTrainConfig(**kw, resume=not args.no_resume, progress=not args.no_progress)
+
+
+def pretrain_teacher_cli(args: argparse.Namespace) -> int:
+    model, cfg = teacher_configs(args)
     state = pretrain_teacher(args.data, args.out, model=model, cfg=cfg, final_eval=not args.no_final_eval)
     print(f"teacher: {state.epoch} epochs, stopped: {state.stopped}, best valid {cfg.select_metric} "
           f"{state.best_metric:.4f} at step {state.best_step}; checkpoint {args.out}/best")  # fmt: skip
