@@ -41,6 +41,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work sharing the cores
     }
     for mod in ("transformers", "deepspeed", "ray", "webdataset", "pyarrow", "triton"):
         try:

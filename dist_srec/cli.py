@@ -3,6 +3,7 @@
 dist-srec prepare --dataset ml-1m --out data/ml-1m
 dist-srec demo --out runs/demo
 dist-srec launch train --data D --teacher T --out runs/srec --workers 2 --zero-stage 3
+dist-srec recommend-batch --ckpt runs/srec/best --users all --k 100 --out runs/recs [--ray-workers 2]
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def _add_launch_commands(sub: argparse._SubParsersAction) -> None:
     add_launch_commands(sub)
 
 
+def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
+    """`encode-catalog` and `recommend-batch` (flags in `dist_srec.serve.cli`)."""
+    from dist_srec.serve.cli import add_serve_commands
+
+    add_serve_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-srec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_commands(sub)
     _add_srec_commands(sub)
     _add_launch_commands(sub)
+    _add_serve_commands(sub)
     return parser
 
 

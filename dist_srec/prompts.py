@@ -205,17 +205,29 @@ class PromptRows:
         )
 
 
-def length_buckets(lengths: np.ndarray | Tensor, max_tokens: int) -> list[np.ndarray]:
-    """Sort rows by length (longest first) and cut them into buckets of at most `max_tokens` padded
-    tokens (rows x longest row), so each forward pass pads only to similar lengths. Every row lands
-    in exactly one bucket; a row longer than `max_tokens` gets a bucket of its own."""
+def length_buckets(
+    lengths: np.ndarray | Tensor, max_tokens: int, max_padding: float = 1.0, min_tokens: int = 0
+) -> list[np.ndarray]:
+    """Sort rows by length (longest first) and cut them into buckets, one LM forward each.
+
+    A bucket of rows with lengths l_0 >= l_1 >= ... pads every row to l_0. The next row closes the
+    bucket when it would take it past `max_tokens` padded tokens ((rows + 1) * l_0), or when its own
+    padding (l_0 - l_i) / l_0 exceeds `max_padding` while the bucket already holds `min_tokens`
+    padded tokens (so buckets stay big enough for efficient GEMMs). `max_padding=1` cuts by size only.
+    Every row lands in exactly one bucket; a row longer than `max_tokens` gets a bucket of its own.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     buckets, start = [], 0
     for i in range(1, len(order) + 1):
-        if i == len(order) or (i - start + 1) * lengths[order[start]] > max_tokens:
-            buckets.append(order[start:i])
-            start = i
+        if i < len(order):
+            head, n = lengths[order[start]], i - start
+            too_big = (n + 1) * head > max_tokens
+            too_ragged = n * head >= min_tokens and head - lengths[order[i]] > max_padding * head
+            if not (too_big or too_ragged):
+                continue
+        buckets.append(order[start:i])
+        start = i
     return buckets
 
 
@@ -348,6 +360,25 @@ class PromptBuilder:
         return PromptRows(
             rows, [items[k : k + 1] for k in range(len(items))], self.item_out_id, self.hist_id, self.pad_id
         )
+
+    def shared_prefix(self, kind: str) -> np.ndarray:
+        """The leading token ids every `kind` ("user" or "item") prompt starts with: the template's
+        constant head, cut before any special token (a spliced input is never constant).
+
+        Item prompts start with the tokenised text before the title, by construction. A user prompt's
+        first piece also holds the first date, so its constant part is the common prefix of that piece
+        over two dates that differ from the first digit on (callers still check each batch)."""
+        if kind == "item":
+            head = np.concatenate([self._prefix, self._encode([self._i_pre])[0]])
+        elif kind == "user":
+            a, b = (self._encode([self._between_texts([d])[0]])[0] for d in ("1970-01-01", "2999-12-31"))
+            n = min(len(a), len(b))
+            k = int(np.argmin(a[:n] == b[:n])) if not np.array_equal(a[:n], b[:n]) else n
+            head = np.concatenate([self._prefix, a[:k]])
+        else:
+            raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+        special = np.isin(head, [self.hist_id, self.user_out_id, self.item_out_id, self.pad_id])
+        return head[: int(np.argmax(special))] if special.any() else head
 
     # --- text (for checks and display) --------------------------------------------------------
     def user_text(self, items: Sequence[int], times: Sequence[int]) -> str:

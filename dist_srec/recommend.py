@@ -32,10 +32,14 @@ class Recommendation:
     score: float
 
 
-def _close(name: str, choices: list[str], what: str) -> DataError:
+def _close(
+    name: str, choices: list[str], what: str, *, path: object = None, line: int | None = None
+) -> DataError:
+    """DataError for an unknown key, with up to 5 close matches (and the file and line it came from)."""
     near = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
     hint = f"; close matches: {near}" if near else ""
-    return DataError(f"unknown {what} {name!r}{hint}", field=what)
+    at = f"line {line}: " if line is not None else ""
+    return DataError(f"{at}unknown {what} {name!r}{hint}", path=path, field=what)
 
 
 def user_history(cat: Catalog, user_key: str) -> tuple[list[int], list[int]]:

@@ -7,6 +7,12 @@
         --out runs/srec-job --workers 2 --max-steps 5
     ray stop
 
+    # batch recommendation (top-100 for every user) on 2 Ray actors of the running cluster; absolute
+    # paths, since the job runs in an uploaded copy of the repository without runs/
+    python launch/submit.py --address http://127.0.0.1:8265 --follow -- \\
+        python -m dist_srec.cli recommend-batch --ckpt "$PWD/runs/srec/best" --users all --k 100 \\
+        --out "$PWD/runs/recs" --ray-workers 2 --address auto --no-progress
+
     # a GPU cluster, installing the pinned stack in the job's environment
     python launch/submit.py --address http://HEAD:8265 --pip requirements/stack.txt -- \\
         python launch/train.py train ... --gpu --zero-stage 3 --storage-path /shared/ray

@@ -173,3 +173,21 @@ def test_length_buckets_cover_rows_once_within_budget() -> None:
     for b in buckets:
         assert len(b) == 1 or len(b) * lengths[b].max() <= 200
     assert [len(b) for b in length_buckets(np.array([300, 4]), 100)] == [1, 1]
+
+
+def test_length_buckets_bound_padding_once_big_enough() -> None:
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(200, 420, size=40)
+    loose = length_buckets(lengths, max_tokens=100_000)
+    assert len(loose) == 1  # size-only bucketing: one forward, padded to the longest row
+    tight = length_buckets(lengths, max_tokens=100_000, max_padding=0.05, min_tokens=0)
+    flat = np.concatenate(tight)
+    assert sorted(flat.tolist()) == list(range(40)) and len(tight) > 1
+    for b in tight:
+        head = lengths[b].max()
+        assert (head - lengths[b].min()) <= 0.05 * head
+    # below min_tokens a bucket is never cut for padding
+    big_min = length_buckets(lengths, max_tokens=100_000, max_padding=0.05, min_tokens=10**9)
+    assert len(big_min) == 1
+    padded = lambda bs: sum(len(b) * lengths[b].max() for b in bs)  # noqa: E731
+    assert padded(tight) < padded(loose)

@@ -50,6 +50,7 @@ ITEM_OUT = "[ItemOut]"
 PAD = "[PAD]"
 SPECIAL_TOKENS = (HISTORY_EMB, USER_OUT, ITEM_OUT)
 
+PrefixKV = tuple[tuple[Tensor, Tensor], ...]
 DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Config keys that vary with how or where a model was saved, not with what it computes.
@@ -77,6 +78,11 @@ class LLMConfig:
     """Keep only the first k decoder layers (fast real-weight tests and debug runs); None keeps all."""
     cache_dir: str | None = None
     """Where converted copies live; default `$DIST_SREC_CACHE` or `~/.cache/dist-srec`."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input for the backward and recompute the layer inside it: the
+    activations a training step holds drop from every layer's intermediates to one [b, T, H] per layer,
+    for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
+    a big LM on a small GPU); same outputs and gradients either way."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -239,6 +245,29 @@ class FrozenLM(nn.Module):
         out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
+    def prefix_kv(self, ids: Tensor) -> PrefixKV:
+        """Per layer (keys, values) [1, kv_heads, p, head_dim] of a constant token prefix [p], without
+        a graph: the prefix precedes every spliced input, so nothing trainable reaches it."""
+        with torch.no_grad():
+            table = self.input_embeddings()
+            out = self.body(inputs_embeds=table[ids.to(table.device)][None], use_cache=True)
+        return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+
+    def hidden_after(self, prefix: PrefixKV, inputs_embeds: Tensor) -> Tensor:
+        """`hidden` of [prefix tokens, inputs_embeds] for the positions after the prefix: [B, T, H].
+
+        The prefix's keys and values are computed once (`prefix_kv`) and shared by the batch; the
+        positions continue after it. Equal to slicing `hidden` of the whole sequence (to rounding).
+        """
+        from transformers import DynamicCache
+
+        b = inputs_embeds.shape[0]
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
+        )
+        out = self.body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state
+
     def content_hash(self) -> str:
         """A stable sha256 of what the LM computes: config, tokenizer specials, and a strided sample of
         every weight tensor (rounded to bf16, so loading in fp32 or bf16 gives the same hash)."""
@@ -297,9 +326,38 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
     model, tokenizer = _load_causal_lm(path, cfg, resolve_dtype(cfg.dtype, device))
     add_special_tokens(model, tokenizer)
     lm = FrozenLM(model, tokenizer, source=cfg.path)
+    if cfg.activation_checkpointing:
+        checkpoint_layers(lm.body)
     if any(is_partitioned(p) for p in model.parameters()):
         return lm  # ZeRO-3 (`dist_srec.dist.engine`): DeepSpeed placed each partition already
     return lm.to(device)
+
+
+def checkpoint_layers(body: nn.Module) -> int:
+    """Make each decoder layer of `body` recompute its activations in the backward (non-reentrant
+    `torch.utils.checkpoint`), when a graph is being built; returns the number of layers wrapped.
+
+    The layer's own `forward` is wrapped, so the modules inside it run through their `__call__` on the
+    recomputation too, and hooks on them (DeepSpeed ZeRO-3's parameter gathers) fire again there.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"activation_checkpointing needs a decoder body with a `layers` ModuleList; "
+            f"{type(body).__name__} has none"
+        )
+    for layer in layers:
+        inner = layer.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
+    return len(layers)
 
 
 def resolve_llm_path(cfg: LLMConfig) -> Path:

@@ -28,7 +28,7 @@ from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.kernels.seq_embed import seq_embed
 from dist_srec.losses import LossConfig, llmsrec_loss
 from dist_srec.models.heads import LLMSRecHeads
-from dist_srec.models.llm import FrozenLM
+from dist_srec.models.llm import FrozenLM, PrefixKV
 from dist_srec.prompts import PromptBuilder, PromptConfig, PromptRows, length_buckets
 
 
@@ -52,6 +52,16 @@ class LLMSRecConfig:
     """Width inside teacher_proj."""
     max_tokens_per_forward: int = 16384
     """Length buckets hold at most this many padded tokens (rows x longest row) per LM forward."""
+    bucket_max_padding: float = 0.08
+    """A row whose padding would exceed this fraction of its bucket's longest row starts a new bucket
+    (once the bucket holds `bucket_min_tokens`); 1.0 buckets by size only. Results do not depend on
+    it (right padding under causal attention); only the padded work does."""
+    bucket_min_tokens: int = 2048
+    """Buckets are not cut for padding below this many padded tokens (GEMMs stay large enough)."""
+    reuse_prefix: bool = True
+    """Run each prompt kind's constant template head (`PromptBuilder.shared_prefix`) through the LM
+    once, and every prompt from the position after it, attending to the head's cached keys/values.
+    Same hidden states (to rounding); saves the head's share of every forward and backward."""
     seed: int = 0
     """Seeds the out-vector initialisation (the Linear layers follow torch's global seed)."""
     loss: LossConfig = field(default_factory=LossConfig)
@@ -61,6 +71,12 @@ class LLMSRecConfig:
         for name in ("head_hidden", "out_dim", "teacher_hidden", "max_tokens_per_forward"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}': must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.bucket_max_padding <= 1.0:
+            raise ConfigError(
+                f"config field 'bucket_max_padding': must be in [0, 1], got {self.bucket_max_padding}"
+            )
+        if self.bucket_min_tokens < 0:
+            raise ConfigError(f"config field 'bucket_min_tokens': must be >= 0, got {self.bucket_min_tokens}")
 
 
 class LLMSRec(nn.Module):
@@ -100,6 +116,14 @@ class LLMSRec(nn.Module):
         )
         self.heads.init_out_vectors(lm.input_embeddings(), torch.Generator().manual_seed(config.seed))
         self.heads.to(items.device)
+        # out-token id -> (constant head ids [p], its per-layer keys/values); built now, on every rank
+        # at once (under ZeRO-3 a forward is a collective), and never saved: the LM determines it.
+        self.prefixes: dict[int, tuple[Tensor, PrefixKV]] = {}
+        if config.reuse_prefix:
+            for kind, out_id in (("user", lm.user_out_id), ("item", lm.item_out_id)):
+                ids = torch.from_numpy(self.prompts.shared_prefix(kind))
+                if len(ids):
+                    self.prefixes[out_id] = (ids.to(items.device), lm.prefix_kv(ids))
 
     def train(self, mode: bool = True) -> LLMSRec:
         super().train(mode)
@@ -147,7 +171,10 @@ class LLMSRec(nn.Module):
         proj = self.heads.item_proj(self.teacher_items[uniq.to(dev)])  # [R, H]
         out_vectors = self.heads.out_vectors()
         table = self.lm.input_embeddings()
-        buckets = length_buckets(rows.lengths, self.cfg.max_tokens_per_forward)
+        c = self.cfg
+        buckets = length_buckets(
+            rows.lengths, c.max_tokens_per_forward, c.bucket_max_padding, c.bucket_min_tokens
+        )
         idle = self.lm.forwards_to_match(len(buckets))  # ZeRO-3: equal LM forwards on every rank
         outs = []
         for idx in buckets:
@@ -158,11 +185,22 @@ class LLMSRec(nn.Module):
                 ids, table, proj, slot_to_row, out_vectors,
                 hist_id=self.lm.hist_id, out_ids=(self.lm.user_out_id, self.lm.item_out_id),
             )  # fmt: skip
-            hidden = self.lm.hidden(emb)  # [b, T, H]; right padding, no mask needed
-            outs.append(hidden[torch.arange(len(idx), device=dev), pb.out_pos.to(dev)])
+            hidden, p = self._hidden(ids, emb, self.prefixes.get(rows.out_id))  # [b, T - p, H]
+            outs.append(hidden[torch.arange(len(idx), device=dev), pb.out_pos.to(dev) - p])
         h = torch.cat(outs).float() + self.lm.idle_forwards(idle, dev)
         back = torch.from_numpy(np.argsort(np.concatenate(buckets))).to(dev)
         return h[back]
+
+    def _hidden(self, ids: Tensor, emb: Tensor, prefix: tuple[Tensor, PrefixKV] | None) -> tuple[Tensor, int]:
+        """The LM's hidden states of a padded bucket (right padding, so no mask is needed), and how
+        many leading positions they skip: the cached constant head's length, when every row starts
+        with it (always, for prompts of the builder; otherwise the whole rows run)."""
+        if prefix is not None:
+            head, kv = prefix
+            p = len(head)
+            if ids.shape[1] > p and bool((ids[:, :p] == head).all()):
+                return self.lm.hidden_after(kv, emb[:, p:]), p
+        return self.lm.hidden(emb), 0
 
     # --- training objective -------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor], negatives: Tensor) -> dict[str, Tensor]:

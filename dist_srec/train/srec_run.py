@@ -215,8 +215,13 @@ CACHE_KEEP = 3
 
 def heads_key(model: LLMSRec, lm_hash: str) -> str:
     """Cache key of a model's item vectors: sha256 over the heads' tensors and the LM hash."""
+    return heads_key_of_state(model.trainable_state_dict(), lm_hash)
+
+
+def heads_key_of_state(state: dict[str, Tensor], lm_hash: str) -> str:
+    """`heads_key` from the heads' state dict (e.g. a checkpoint's, without loading the LM)."""
     h = hashlib.sha256(lm_hash.encode())
-    for name, t in sorted(model.trainable_state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]

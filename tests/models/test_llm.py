@@ -147,3 +147,39 @@ def test_smollm2_two_layers_gradients_reach_inputs_only() -> None:
     lm.hidden(x).float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in lm.parameters())
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward while `fn()` builds its graph."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+def test_activation_checkpointing_same_outputs_and_grads_less_memory(cache) -> None:
+    plain = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32"))
+    ckpt = load_frozen_lm(
+        LLMConfig(path="tiny", cache_dir=cache, dtype="float32", activation_checkpointing=True)
+    )
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, plain.hidden_size)
+    w = torch.randn(3, 40, plain.hidden_size)
+    results = []
+    for lm in (plain, ckpt):
+        xi = x.clone().requires_grad_(True)
+        h, saved = _saved_bytes(lambda lm=lm, xi=xi: lm.hidden(xi))
+        (h * w).sum().backward()
+        results.append((h.detach(), xi.grad, saved))
+    (h0, g0, s0), (h1, g1, s1) = results
+    torch.testing.assert_close(h1, h0)
+    torch.testing.assert_close(g1, g0)
+    assert s1 < s0 / 2, (s0, s1)  # only the layers' inputs are kept
+    with torch.no_grad():  # no graph: the plain forward, nothing recomputed
+        torch.testing.assert_close(ckpt.hidden(x), h0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -99,15 +100,25 @@ def test_gradients_reach_every_head_and_no_frozen_weight_changes(lm: FrozenLM) -
 
 
 def _count_rows(model: LLMSRec) -> list[int]:
+    """Record the rows of every LM forward (whole prompts or after the cached head); undo with
+    `_uncount`."""
     rows: list[int] = []
-    inner = model.lm.hidden
+    hidden, after = model.lm.hidden, model.lm.hidden_after
 
-    def hidden(x, attention_mask=None):
+    def counted_hidden(x, attention_mask=None):
         rows.append(x.shape[0])
-        return inner(x, attention_mask)
+        return hidden(x, attention_mask)
 
-    model.lm.hidden = hidden
+    def counted_after(prefix, x):
+        rows.append(x.shape[0])
+        return after(prefix, x)
+
+    model.lm.hidden, model.lm.hidden_after = counted_hidden, counted_after
     return rows
+
+
+def _uncount(model: LLMSRec) -> None:
+    del model.lm.hidden, model.lm.hidden_after
 
 
 def test_items_are_deduplicated_before_the_lm(lm: FrozenLM) -> None:
@@ -117,7 +128,7 @@ def test_items_are_deduplicated_before_the_lm(lm: FrozenLM) -> None:
         with torch.no_grad():
             z = model.encode_items(torch.tensor([3, 1, 3, 3, 2]))
     finally:
-        del model.lm.hidden
+        _uncount(model)
     assert sum(rows) == 3
     assert z.shape == (5, 128)
     torch.testing.assert_close(z[0], z[2])
@@ -134,7 +145,7 @@ def test_bucketing_and_padding_do_not_change_results(lm: FrozenLM) -> None:
             u_small = small.encode_users(batch)
             i_small = small.encode_items(torch.arange(1, N + 1))
     finally:
-        del small.lm.hidden
+        _uncount(small)
     assert len(rows) > 2  # several buckets ran
     with torch.no_grad():
         u_big = big.encode_users(batch)
@@ -144,6 +155,48 @@ def test_bucketing_and_padding_do_not_change_results(lm: FrozenLM) -> None:
     torch.testing.assert_close(u_small, u_big, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(i_small, i_big, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(alone, u_big, atol=1e-5, rtol=1e-4)
+
+
+def _loss_and_grads(model: LLMSRec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.train()
+    loss = model.loss(make_batch(), NEG)["loss"]
+    model.heads.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.heads.named_parameters()}
+
+
+def test_throughput_levers_keep_loss_and_gradients(lm: FrozenLM) -> None:
+    """Prefix reuse and padding-aware buckets (issue 8) against the plain path: whole prompts, one
+    bucket padded to the longest row."""
+    plain = make_model(lm, reuse_prefix=False, bucket_max_padding=1.0)
+    assert not plain.prefixes
+    ref_loss, ref_grads = _loss_and_grads(plain)
+    for cfg in ({}, {"bucket_max_padding": 0.0, "bucket_min_tokens": 0}, {"max_tokens_per_forward": 64}):
+        fast = make_model(lm, **cfg)
+        assert fast.prefixes, "the default reuses each prompt kind's constant head"
+        for head, _ in fast.prefixes.values():
+            assert 0 < len(head) < 40
+        fast.heads.load_state_dict(plain.heads.state_dict())
+        loss, grads = _loss_and_grads(fast)
+        torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(
+                grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
+            )
+
+
+def test_prefix_is_the_template_head(lm: FrozenLM) -> None:
+    model = make_model(lm)
+    b = make_batch()
+    users = model.prompts.user_rows(b["history"], b["history_ts"]).rows
+    items = model.prompts.item_rows(torch.arange(1, N + 1)).rows
+    texts = {"user": model.prompts.user_text(b["history"][1].tolist(), b["history_ts"][1].tolist()),
+             "item": model.prompts.item_text(1)}  # fmt: skip
+    for kind, out_id, rows in (("user", lm.user_out_id, users), ("item", lm.item_out_id, items)):
+        head, _ = model.prefixes[out_id]
+        text = lm.tokenizer.decode(head.tolist(), skip_special_tokens=True).strip()
+        assert len(text) > 20 and texts[kind].startswith(text), (kind, text)
+        assert all(np.array_equal(r[: len(head)], head.numpy()) for r in rows)
 
 
 def test_loss_goes_down(lm: FrozenLM) -> None:
