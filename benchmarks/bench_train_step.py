@@ -1,18 +1,23 @@
-"""LLM-SRec training step under Ray Train: 1 vs 2 workers, DeepSpeed ZeRO stage 0 vs 3.
+"""LLM-SRec training step under Ray Train: 1 vs 2 workers, DeepSpeed ZeRO stage 0 vs 3, and the two
+placement patterns (`DeepSpeedConfig.pattern`): "lm-engine" (the LLM alone in an engine, the heads'
+gradients averaged by the task and stepped by the loop's Adam) vs "one-engine" (one engine over LLM +
+heads owning Adam; `dist_srec/dist/one_engine.py`).
 
     .venv/bin/python benchmarks/bench_train_step.py --data runs/bench/data-ml-100k \\
-        --teacher runs/bench/teacher-ml-100k/best --llm smollm2 --steps 8
+        --teacher runs/bench/teacher-ml-100k/best --llm smollm2 --steps 8 --patterns lm-engine,one-engine
     .venv/bin/python benchmarks/bench_train_step.py ... --llm tiny --steps 3 --name _scratch/train_step_smoke
 
-Each configuration (workers x stage) is a fresh `launch` run of `--steps` optimizer steps on a local
-Ray cluster (CPU, gloo, `--cpus` CPUs, 1 per worker), with the paper's per-rank batch (20 users x
+Each configuration (pattern x workers x stage) is a fresh `launch` run of `--steps` optimizer steps on a local
+Ray cluster (CPU, gloo, `--cpus` CPUs split evenly over the workers, so 1 and 2 workers use the same cores), with the paper's per-rank batch (20 users x
 (1 target + 3 negatives) item prompts) unless `--batch-size` says otherwise. From OUT/metrics.jsonl
 (a record per step, averaged over ranks):
     start-up   wall time from the driver's start of `fit` to the first step's report (Ray + workers +
                model load + the first step)
     step       median time between consecutive step reports, the first step excluded
     samples/s  workers x batch / step;  peak RSS per rank (MiB, mean over ranks)
-Tokens/s is not measured (the loop does not count prompt tokens). The run always ends with one
+    tokens/s   real (non-padding) prompt tokens run through the LM, user and deduplicated item prompts,
+               summed over ranks (the loop's cumulative `tokens`), over the same timed steps
+The run always ends with one
 validation round (whole catalog through the item prompt); it is outside the timed steps. Writes
 benchmarks/results/<name>.{json,md}. On a CPU shared with other jobs the numbers mean little: say so.
 """
@@ -41,28 +46,38 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=20, help="users per step and rank")
     p.add_argument("--configs", default="1x0,1x3,2x0,2x3", help="workers x ZeRO stage, comma separated")
-    p.add_argument("--cpus", type=int, default=2, help="num_cpus of the local Ray cluster")
+    p.add_argument("--patterns", default="lm-engine,one-engine", help="DeepSpeed patterns, comma separated")
+    p.add_argument(
+        "--cpus", type=int, default=2, help="num_cpus of the local Ray cluster, split over the workers"
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute LM layers in the backward (two SmolLM2 ranks fit in 24 GB only with it)",
+    )
     p.add_argument("--eval-negatives", type=int, default=99, help="the closing validation round")
     p.add_argument("--work", default="runs/bench/train-step")
     p.add_argument("--name", default="train_step")
     return p.parse_args()
 
 
-def run_one(args: argparse.Namespace, workers: int, stage: int) -> dict:
+def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) -> dict:
     from dist_srec.dist.deepspeed_config import DeepSpeedConfig
     from dist_srec.dist.ray_train import METRICS_FILE, RayConfig, fit
     from dist_srec.models.llm import LLMConfig
     from dist_srec.train.loop import LoopConfig
     from dist_srec.train.srec_run import SRecRunConfig
 
-    out = Path(args.work) / f"w{workers}-s{stage}"
+    out = Path(args.work) / f"{pattern}-w{workers}-s{stage}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: no resume
     loop = LoopConfig(max_steps=args.steps, lr=1e-4, log_every_steps=1, progress=False, eval_every_steps=0)
-    cfg = SRecRunConfig(data=args.data, teacher=args.teacher, out=str(out), llm=LLMConfig(path=args.llm, dtype=args.dtype),
+    cfg = SRecRunConfig(data=args.data, teacher=args.teacher, out=str(out), llm=LLMConfig(path=args.llm, dtype=args.dtype,
+                        activation_checkpointing=args.activation_checkpointing),
                         loop=loop, batch_size=args.batch_size, eval_users=50, eval_negatives=args.eval_negatives,
-                        deepspeed=DeepSpeedConfig(stage=stage))  # fmt: skip
+                        deepspeed=DeepSpeedConfig(pattern=pattern, stage=stage))  # fmt: skip
     t0 = time.time()
-    result = fit(cfg, RayConfig(num_workers=workers, name="bench"), num_cpus=args.cpus,
+    ray_cfg = RayConfig(num_workers=workers, name="bench", cpus_per_worker=args.cpus / workers)
+    result = fit(cfg, ray_cfg, num_cpus=args.cpus,
                  object_store_memory=int(1e9), include_dashboard=False)  # fmt: skip
     total = time.time() - t0
     if result.error is not None:
@@ -71,24 +86,28 @@ def run_one(args: argparse.Namespace, workers: int, stage: int) -> dict:
     steps = [r for r in recs if "train_loss" in r]
     gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:])]
     step_s = statistics.median(gaps) if gaps else float("nan")
+    timed = sum(gaps) if gaps else float("nan")  # tokens of steps 2..n over their wall time
+    tokens = steps[-1]["tokens"] - steps[0]["tokens"] if gaps else float("nan")
     return {
-        "workers": workers, "zero_stage": stage, "steps": len(steps), "batch_per_rank": args.batch_size,
-        "startup_s": steps[0]["time"] - t0, "step_s": step_s, "samples_per_s": workers * args.batch_size / step_s,
-        "peak_rss_mb_per_rank": steps[-1]["peak_rss_mb"], "run_s": total,
+        "pattern": pattern, "workers": workers, "zero_stage": stage, "steps": len(steps),
+        "batch_per_rank": args.batch_size, "startup_s": steps[0]["time"] - t0, "step_s": step_s,
+        "samples_per_s": workers * args.batch_size / step_s, "tokens_per_step": steps[-1]["tokens"] / len(steps),
+        "tokens_per_s": tokens / timed, "peak_rss_mb_per_rank": steps[-1]["peak_rss_mb"], "run_s": total,
     }  # fmt: skip
 
 
 def main() -> None:
     args = parse()
     rows = []
-    for spec in args.configs.split(","):
-        w, s = (int(x) for x in spec.split("x"))
-        rows.append(run_one(args, w, s))
-        print(json.dumps(rows[-1]), flush=True)
+    for pattern in args.patterns.split(","):
+        for spec in args.configs.split(","):
+            w, s = (int(x) for x in spec.split("x"))
+            rows.append(run_one(args, pattern, w, s))
+            print(json.dumps(rows[-1]), flush=True)
     settings = {k: v for k, v in vars(args).items()}
     mach = machine()
-    cols = ["workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
-            "peak_rss_mb_per_rank"]  # fmt: skip
+    cols = ["pattern", "workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
+            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank"]  # fmt: skip
     md = "\n".join([
         f"# LLM-SRec train step under Ray Train ({mach['date']})", "",
         f"Settings: {json.dumps(settings)}", "",
@@ -96,7 +115,8 @@ def main() -> None:
         f"deepspeed {mach['deepspeed']}, ray {mach['ray']}; commit {mach['git_commit']}", "",
         markdown_table(rows, cols), "",
         "start-up = driver fit() start to the first step's report; step = median gap between step reports "
-        "(first excluded); samples/s = workers x batch / step. Tokens/s is not measured.",
+        "(first excluded); samples/s = workers x batch / step; tokens/s = real prompt tokens of the timed "
+        "steps (all ranks, user + deduplicated item prompts) / their wall time; tokens/step over all steps.",
     ])  # fmt: skip
     js, mdp = write_results(args.name, {"settings": settings, "machine": mach, "rows": rows}, md)
     print(md)

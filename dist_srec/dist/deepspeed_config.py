@@ -1,13 +1,16 @@
 """The DeepSpeed JSON of a run, generated from a typed config (never hand-written).
 
-Only the frozen LLM goes through DeepSpeed (see `dist_srec.dist.engine`): stage 0 keeps a full copy of
-its weights on every rank; stage 3 partitions them, so each rank holds about 1/W of the LM and
-all-gathers a layer's weights just before that layer runs (forward, and again for the input-gradient
-backward). The optimizer never sees the LM: it holds only the heads (`Trainer`'s torch Adam).
+Stage 0 keeps a full copy of the LLM's weights on every rank; stage 3 partitions them, so each rank
+holds about 1/W of the LM and all-gathers a layer's weights just before that layer runs (forward, and
+again for the input-gradient backward). Two patterns (`DeepSpeedConfig.pattern`, see
+`dist_srec.dist.engine`): "lm-engine", only the frozen LLM in an engine without optimizer, the heads
+replicated and stepped by the loop's torch Adam; "one-engine", one engine over the LLM and the heads
+that owns the optimizer (torch Adam over the heads only). The optimizer never sees the LM.
 
     settings that work on CPU (gloo) and GPU (nccl), see ../shared/STACK.md:
       zero_optimization.stage = 0 | 3, stage3_param_persistence_threshold = 0, overlap_comm = false
       zero_force_ds_cpu_optimizer = false     (a client torch optimizer is allowed)
+      gradient_clipping = 0                   (the one engine steps like the loop's Adam: no clipping)
       bf16.enabled                            (= the LLM dtype unless set explicitly)
 
 A user JSON (`override`) is deep-merged over the generated dict last, so any key can be changed.
@@ -28,6 +31,10 @@ from dist_srec.errors import ConfigError
 class DeepSpeedConfig:
     """How the frozen LLM is placed: ZeRO stage, bf16, and an optional user JSON override."""
 
+    pattern: Literal["lm-engine", "one-engine"] = "lm-engine"
+    """"lm-engine": the LLM alone in an engine, heads replicated, gradients averaged by the task and
+    stepped by the loop's Adam; "one-engine": one engine over the LLM and the heads, DeepSpeed owns
+    the Adam and averages and steps (`dist_srec.dist.one_engine`)."""
     stage: Literal[0, 3] = 3
     """0: replicated weights (models that fit on one device); 3: weights partitioned over ranks."""
     bf16: bool | None = None
@@ -40,6 +47,10 @@ class DeepSpeedConfig:
     """Path of a user DeepSpeed JSON deep-merged over the generated one (its keys win)."""
 
     def __post_init__(self) -> None:
+        if self.pattern not in ("lm-engine", "one-engine"):
+            raise ConfigError(
+                f"config field 'pattern': must be 'lm-engine' or 'one-engine', got {self.pattern!r}"
+            )
         if self.stage not in (0, 3):
             raise ConfigError(f"config field 'stage': must be 0 or 3, got {self.stage!r}")
         if self.param_persistence_threshold < 0:
@@ -79,6 +90,7 @@ def deepspeed_dict(cfg: DeepSpeedConfig, *, micro_batch: int, bf16: bool) -> dic
         "gradient_accumulation_steps": 1,
         "zero_optimization": zero,
         "zero_force_ds_cpu_optimizer": False,
+        "gradient_clipping": 0.0,  # DeepSpeed's default is 1.0; the loop's Adam does not clip
         "bf16": {"enabled": bool(bf16 if cfg.bf16 is None else cfg.bf16)},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,

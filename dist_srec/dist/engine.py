@@ -1,29 +1,40 @@
-"""The frozen LLM inside a DeepSpeed engine with no optimizer; the heads stay plain torch modules.
+"""DeepSpeed placement of the frozen LLM, in one of two patterns (`DeepSpeedConfig.pattern`).
 
-Pattern (the default, and the one implemented): the LM's decoder body is wrapped by
-`deepspeed.initialize(model=body, config=...)` without an optimizer. Under ZeRO-3 it is built partitioned (`HfDeepSpeedConfig` kept alive
-during `from_pretrained`, which then runs under `deepspeed.zero.Init`), and the engine's hooks gather
-each layer's weights around its forward and its input-gradient backward. The trainable heads are
-replicated; `SRecTask.sync_grads` averages their gradients with one coalesced all-reduce per step
-(what DDP would do, without a wrapper around a module that also holds the frozen LM), and the loop's
-torch Adam steps them. Nothing of the LM is ever in an optimizer or a checkpoint: checkpoints hold the
-heads plus the LM's content hash, so no ZeRO shard needs saving and a run can resume at another stage.
+"lm-engine" (the default for now): the LM's decoder body is wrapped by
+`deepspeed.initialize(model=body, config=...)` without an optimizer. Under ZeRO-3 it is built
+partitioned (`HfDeepSpeedConfig` kept alive during `from_pretrained`, which then runs under
+`deepspeed.zero.Init`), and the engine's hooks gather each layer's weights around its forward and its
+input-gradient backward. The trainable heads are replicated; `SRecTask.sync_grads` averages their
+gradients with one coalesced all-reduce per step (what DDP would do, without a wrapper around a module
+that also holds the frozen LM), and the loop's torch Adam steps them.
 
     per step and rank:  emb = splice(table, item_proj(teacher items), out vectors)   [b, T, H]
                         h   = LM body(emb)   (ZeRO-3: all-gather layer k, run, free)  [b, T, H]
                         loss -> backward to the heads through the frozen LM (grads of inputs only)
                         all-reduce(head grads) / W; Adam on the heads
 
-The alternative pattern (one engine over LM + heads, DeepSpeed stepping the heads) needs the loop's
-optimizer to be DeepSpeed's; it is not implemented, and the two have not been timed against each other.
+"one-engine": the LM is loaded the same way but gets no engine of its own; `SRecTask.make_stepper`
+builds one engine over LM + heads that owns the loop's Adam (over the heads only), and the same loop
+calls `engine(batch, negatives)`, `engine.backward(loss)` (all-reduce at stage 0, reduce-scatter at
+stage 3) and `engine.step()`; see `dist_srec.dist.one_engine`. Under ZeRO-3 the heads and their Adam
+moments are partitioned as well; the constant-prefix keys/values are computed with the whole LM
+gathered once while the model is composed (`composing`), before the engine's hooks exist.
+
+In both, nothing of the LM is ever in an optimizer or a checkpoint: checkpoints hold the heads (whole
+tensors), torch Adam's state over them (whole tensors) and the LM's content hash, so no ZeRO shard
+needs saving and a run resumes at either stage and under either pattern. Which pattern is faster is
+measured by `benchmarks/bench_train_step.py --patterns lm-engine,one-engine` with SmolLM2; the
+faster becomes the default (until then "lm-engine" stays the default).
 
 Caveats: while a ZeRO-3 LM lives, its `HfDeepSpeedConfig` makes every later `from_pretrained` in the
 process partition its model too (a collective); and DeepSpeed leaves some weights gathered when
-several forwards share one backward, so `SRecTask.sync_grads` calls `FrozenLM.release_gathered` each step.
+several forwards share one backward, so `SRecTask.sync_grads` calls `FrozenLM.release_gathered` each
+step (lm-engine pattern).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -33,7 +44,7 @@ import torch
 from dist_srec.dist.deepspeed_config import DeepSpeedConfig, deepspeed_dict
 from dist_srec.errors import ConfigError
 from dist_srec.models.llm import FrozenLM, LLMConfig, load_frozen_lm, resolve_dtype
-from dist_srec.models.zero3 import is_partitioned
+from dist_srec.models.zero3 import gathered, is_partitioned
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +109,11 @@ def load_lm_deepspeed(
     if stage == 3:
         keep.append(HfDeepSpeedConfig(cfg))  # from_pretrained sees it (weakref) and uses zero.Init
     lm = load_frozen_lm(llm, device)
+    if ds.pattern == "one-engine":  # the engine comes later, over LM + heads (`one_engine.OneEngine`)
+        lm.keep_alive += keep
+        local, total = partition_numel(lm)
+        log.info("LLM for one DeepSpeed engine, stage %d: %d of %d weights on this rank", stage, local, total)
+        return lm
     # The engine wraps the decoder body, the module `FrozenLM.hidden` calls: ZeRO-3 releases a
     # forward's gathered weights and resets its trace at the end of its top module's forward.
     engine, *_ = deepspeed.initialize(model=lm.body, config=cfg)
@@ -106,6 +122,20 @@ def load_lm_deepspeed(
     local, total = partition_numel(lm)
     log.info("LLM under DeepSpeed stage %d: %d of %d weights on this rank", stage, local, total)
     return lm
+
+
+def composing(lm: FrozenLM, ds: DeepSpeedConfig | None) -> contextlib.AbstractContextManager:
+    """Around composing `LLMSRec` on `lm`: the constant-prefix forward it runs needs the LM's layers.
+
+    Under the one-engine pattern at stage 3 no engine hooks exist yet to gather them layer by layer,
+    so the whole LM is gathered for the while (transiently a full copy per rank; every rank must
+    enter); otherwise nothing happens.
+    """
+    params = list(lm.model.parameters())
+    # (not `lm.partitioned`: the embedding resized for the special tokens is partitioned by the engine)
+    if ds is None or ds.pattern != "one-engine" or not any(is_partitioned(p) for p in params):
+        return contextlib.nullcontext()
+    return gathered(params)
 
 
 def partition_numel(lm: FrozenLM | torch.nn.Module) -> tuple[int, int]:

@@ -31,6 +31,9 @@ def _add_deepspeed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-stage", type=int, choices=[0, 3], help="place the LLM with DeepSpeed ZeRO 0 or 3")
     g.add_argument("--ds-bf16", choices=["auto", "on", "off"], default="auto", help="auto: the LLM dtype")
     g.add_argument("--ds-config", help="user DeepSpeed JSON merged over the generated one")
+    g.add_argument("--ds-pattern", choices=["lm-engine", "one-engine"], default="lm-engine",
+                   help="lm-engine: the LLM alone in an engine, heads stepped by the loop; one-engine: one "
+                   "engine over LLM + heads owning the optimizer")  # fmt: skip
 
 
 def add_launch_commands(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +87,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     if args.zero_stage is not None:
         bf16 = {"auto": None, "on": True, "off": False}[args.ds_bf16]
-        cfg.deepspeed = DeepSpeedConfig(stage=args.zero_stage, bf16=bf16, override=args.ds_config)
+        cfg.deepspeed = DeepSpeedConfig(
+            pattern=args.ds_pattern, stage=args.zero_stage, bf16=bf16, override=args.ds_config
+        )
     _fit(cfg, args)
     print(f"llm-srec: checkpoint {cfg.out}/best, metrics {cfg.out}/metrics.jsonl")
     return 0

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dist_srec.models.zero3 import gathered, is_available
+
 
 def mlp(d_in: int, d_hidden: int, d_out: int, act: type[nn.Module] = nn.LeakyReLU) -> nn.Sequential:
     """Linear(d_in, d_hidden) -> LayerNorm -> act -> Linear(d_hidden, d_out), Xavier-normal weights."""
@@ -69,5 +71,17 @@ class LLMSRecHeads(nn.Module):
             p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32) * std + mean)
 
     def out_vectors(self) -> Tensor:
-        """[2, H]: row 0 replaces [UserOut], row 1 replaces [ItemOut]."""
-        return torch.stack([self.user_out, self.item_out])
+        """[2, H]: row 0 replaces [UserOut], row 1 replaces [ItemOut].
+
+        Under one ZeRO-3 engine over the LM and the heads (`dist_srec.dist.one_engine`) the engine's
+        forward gathers these two (registered as its external parameters); outside it (evaluation,
+        without gradients) they are gathered here, a collective every rank makes at the same point."""
+        vectors = [self.user_out, self.item_out]
+        if all(is_available(p) for p in vectors):
+            return torch.stack(vectors)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "partitioned out vectors with gradients on: train through the DeepSpeed engine"
+            )
+        with gathered(vectors):
+            return torch.stack(vectors).detach().clone()

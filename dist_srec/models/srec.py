@@ -29,6 +29,7 @@ from dist_srec.kernels.seq_embed import seq_embed
 from dist_srec.losses import LossConfig, llmsrec_loss
 from dist_srec.models.heads import LLMSRecHeads
 from dist_srec.models.llm import FrozenLM, PrefixKV
+from dist_srec.models.zero3 import gathered, is_partitioned
 from dist_srec.prompts import PromptBuilder, PromptConfig, PromptRows, length_buckets
 
 
@@ -116,6 +117,8 @@ class LLMSRec(nn.Module):
         )
         self.heads.init_out_vectors(lm.input_embeddings(), torch.Generator().manual_seed(config.seed))
         self.heads.to(items.device)
+        self.prompt_tokens = 0
+        """Real (non-padding) prompt tokens run through the LM since the last `take_prompt_tokens()`."""
         # out-token id -> (constant head ids [p], its per-layer keys/values); built now, on every rank
         # at once (under ZeRO-3 a forward is a collective), and never saved: the LM determines it.
         self.prefixes: dict[int, tuple[Tensor, PrefixKV]] = {}
@@ -139,11 +142,24 @@ class LLMSRec(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """What a checkpoint holds: the heads only (the LM and teacher are identified by their hashes)."""
-        return self.heads.state_dict()
+        """What a checkpoint holds: the heads only (the LM and teacher are identified by their hashes).
+
+        Whole tensors: heads partitioned by one ZeRO-3 engine (`dist_srec.dist.one_engine`) are
+        gathered and copied, a collective that every rank must make."""
+        params = list(self.heads.parameters())
+        if not any(is_partitioned(p) for p in params):
+            return self.heads.state_dict()
+        with gathered(params):
+            return {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         self.heads.load_state_dict(state)
+
+    def take_prompt_tokens(self) -> int:
+        """The `prompt_tokens` counted so far (user and item prompts, items deduplicated as run, a
+        cached constant head included in each prompt's count), and reset the count to 0."""
+        n, self.prompt_tokens = self.prompt_tokens, 0
+        return n
 
     # --- encoders -----------------------------------------------------------------------------
     def encode_users(self, batch: dict[str, Tensor]) -> Tensor:
@@ -166,6 +182,7 @@ class LLMSRec(nn.Module):
     def _out_hidden(self, rows: PromptRows) -> Tensor:
         """Hidden state at each row's out token, [n, H] in fp32, in the rows' order."""
         dev = self.teacher_items.device
+        self.prompt_tokens += int(rows.lengths.sum())
         slot_items = np.concatenate(rows.slot_items) if rows.rows else np.zeros(0, np.int64)
         uniq = torch.from_numpy(np.unique(slot_items))  # distinct items of this pass, sorted
         proj = self.heads.item_proj(self.teacher_items[uniq.to(dev)])  # [R, H]

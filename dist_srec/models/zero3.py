@@ -30,6 +30,11 @@ def gathered(params: Iterable[Tensor], modifier_rank: int | None = None) -> Iter
         yield
 
 
+def is_available(p: Tensor) -> bool:
+    """True unless `p` is ZeRO-3 partitioned and not gathered right now (its `.data` is empty then)."""
+    return not is_partitioned(p) or p.ds_status.name != "NOT_AVAILABLE"
+
+
 def rows(w: Tensor) -> int:
     """Rows of a (possibly partitioned) 2-d weight: its full first dimension."""
     return int(w.ds_shape[0]) if is_partitioned(w) else int(w.shape[0])

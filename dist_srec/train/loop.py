@@ -4,17 +4,23 @@ decay, a time budget, atomic `last`/`best` checkpoints with the data cursor, and
 It runs alone (world size 1) or on every rank under Ray Train / torchrun unchanged: a `TrainTask`
 says what is trained and how its loss is computed; the loop does everything else.
 
-    per step:   loss = task.loss(batch, gen_(seed, rank, step)); backward; optimizer step
+    per step:   loss = task.loss(batch, gen_(seed, rank, step)); stepper.backward(loss); stepper.step()
     per round:  metrics = validate(task)  (identical on every rank); keep the best by
                 `select_metric`; lr <- lr * lr_decay; stop after `patience` rounds without gain
     checkpoint: out/last = weights + optimizer + RNG + TrainState + every rank's loader cursor
                 out/best = weights + config (+ the validation metrics that made it best)
 
-Only rank 0 writes files; at every `last` save all ranks also check that the trained weights are
-bitwise identical across ranks (data-parallel replicas) and raise `CheckpointError` together if not.
-`reporter(metrics, checkpoint_dir)` is called on every rank at the same points (every
-`log_every_steps` steps, and after each `last` save), so a Ray Train reporter can use it as the
-barrier it is.
+The backward pass and the optimizer step go through a `Stepper` (`dist_srec.train.stepper`): torch
+Adam over `task.trainable()` by default, or what `task.make_stepper(adam)` returns (e.g. a DeepSpeed
+engine that owns the optimizer). A task whose logs hold "tokens" (prompt tokens this rank processed in
+the step) gets tokens and tokens/s reported beside samples/s: summed over ranks with one all-reduce
+per step, plus this rank's own rate (`tokens_per_s_rank`).
+
+Only rank 0 writes files (every rank computes what is written: a sharded stepper gathers it); at
+every `last` save all ranks also check that the trained weights are bitwise identical across ranks
+(data-parallel replicas) and raise `CheckpointError` together if not. `reporter(metrics,
+checkpoint_dir)` is called on every rank at the same points (every `log_every_steps` steps, and after
+each `last` save), so a Ray Train reporter can use it as the barrier it is.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dist_srec.config import check
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.context import TrainContext
+from dist_srec.train.stepper import Stepper, TorchStepper
 
 
 @dataclass(kw_only=True)
@@ -132,6 +139,8 @@ class TrainState:
     bad_rounds: int = 0
     elapsed_s: float = 0.0
     samples: int = 0
+    tokens: int = 0
+    """Prompt tokens processed, summed over ranks (0 for tasks that do not count them)."""
     stopped: str = ""
     """Why training ended: "", "epochs", "max_steps", "early_stop", "time_budget"."""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -185,7 +194,12 @@ class Trainer:
         self.task, self.loader, self.validate = task, loader, validate
         self.cfg, self.ctx, self.out, self.reporter = cfg, ctx, Path(out_dir), reporter
         task.setup(ctx)
-        self.opt = torch.optim.Adam(task.trainable(), lr=cfg.lr, betas=cfg.betas)
+        adam = torch.optim.Adam(task.trainable(), lr=cfg.lr, betas=cfg.betas)
+        make = getattr(task, "make_stepper", None)
+        # tasks not wrapped in DDP may average gradients in `sync_grads`
+        self.opt: Stepper = (
+            make(adam) if make is not None else TorchStepper(adam, getattr(task, "sync_grads", None))
+        )
         self.state = TrainState(lr=cfg.lr)
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout; replaced by the saved RNG state on resume
 
@@ -226,12 +240,13 @@ class Trainer:
 
     def save_last(self) -> None:
         cursors = _gather_cursors(self.loader, self.ctx, self.task)
+        weights, optimizer = self.task.state_dict(), self.opt.state_dict()  # every rank (may gather)
         if self.ctx.is_main:
             ckpt_io.save_checkpoint(
                 self.last_dir,
-                model_state=self.task.state_dict(),
+                model_state=weights,
                 config=self.task.config_json(),
-                optimizer=self.opt.state_dict(),
+                optimizer=optimizer,
                 train_state={**asdict(self.state), "loader": cursors},
                 rng=ckpt_io.rng_state(),
             )
@@ -255,9 +270,10 @@ class Trainer:
         improved = score > st.best_metric
         if improved:
             st.best_metric, st.best_step, st.bad_rounds = score, st.global_step, 0
+            weights = self.task.state_dict()  # every rank (a sharded stepper gathers)
             if self.ctx.is_main:
                 cfg = {**self.task.config_json(), "validation": {"step": st.global_step, **metrics}}
-                ckpt_io.save_checkpoint(self.best_dir, model_state=self.task.state_dict(), config=cfg)
+                ckpt_io.save_checkpoint(self.best_dir, model_state=weights, config=cfg)
         else:
             st.bad_rounds += 1
         st.history.append(
@@ -276,40 +292,61 @@ class Trainer:
     def _out_of_time(self) -> bool:
         return bool(self.cfg.time_budget_s) and self.ctx.agree(self.state.elapsed_s >= self.cfg.time_budget_s)
 
-    def _step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+    def _step(self, batch: Mapping[str, Tensor]) -> tuple[dict[str, float], tuple[int, int] | None]:
+        """One optimizer step; returns the logs and (this rank's, all ranks') prompt tokens, if counted."""
         batch = {k: v.to(self.ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gen = step_generator(self.cfg.seed, self.ctx.rank, self.state.global_step)
         loss, logs = self.task.loss(batch, gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync = getattr(self.task, "sync_grads", None)  # tasks not wrapped in DDP average grads here
-        if sync is not None:
-            sync()
+        self.opt.backward(loss)
         self.opt.step()
         self.state.global_step += 1
         self.state.samples += int(batch["mask"].sum()) * self.ctx.world_size
-        return {"loss": float(loss.detach()), **logs}
+        tokens = None
+        if "tokens" in logs:
+            local = int(logs.pop("tokens"))
+            tokens = (local, self._sum_over_ranks(local))
+            self.state.tokens += tokens[1]
+        return {"loss": float(loss.detach()), **logs}, tokens
+
+    def _sum_over_ranks(self, n: int) -> int:
+        if self.ctx.world_size <= 1 or not dist.is_initialized():
+            return n
+        t = torch.tensor(
+            [n], dtype=torch.int64, device=self.ctx.device if self.ctx.device.type == "cuda" else "cpu"
+        )
+        dist.all_reduce(t)
+        return int(t.item())
 
     def _run_epoch(self) -> str:
         """Run (the rest of) the current epoch; returns a stop reason, or "" at the epoch's end."""
         cfg, st = self.cfg, self.state
         self.loader.set_epoch(st.epoch)
         sums: dict[str, float] = {}
+        tokens = [0, 0]  # this epoch's prompt tokens: this rank's, all ranks'
         t_first = time.perf_counter()
         bar = tqdm(self.loader, desc=f"{self.task.name} epoch {st.epoch + 1}/{cfg.epochs}",
                    disable=not (self.ctx.is_main and cfg.progress), leave=False, dynamic_ncols=True)  # fmt: skip
         t0 = time.perf_counter()
         for n, batch in enumerate(bar, start=1):
-            logs = self._step(batch)
+            logs, step_tokens = self._step(batch)
             now = time.perf_counter()
             st.elapsed_s, t0 = st.elapsed_s + now - t0, now
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             self._means = {f"train_{k}": v / n for k, v in sums.items()}
-            rate = n * int(batch["mask"].numel()) * self.ctx.world_size / max(now - t_first, 1e-9)
-            bar.set_postfix({"loss": f"{self._means['train_loss']:.4f}", "samples/s": f"{rate:.2f}"})
+            span = max(now - t_first, 1e-9)
+            rates = {"samples_per_s": n * int(batch["mask"].numel()) * self.ctx.world_size / span}
+            if step_tokens is not None:
+                tokens = [tokens[0] + step_tokens[0], tokens[1] + step_tokens[1]]
+                rates |= {
+                    "tokens": st.tokens,
+                    "tokens_per_s": tokens[1] / span,
+                    "tokens_per_s_rank": tokens[0] / span,
+                }
+            bar.set_postfix({"loss": f"{self._means['train_loss']:.4f}", "samples/s": f"{rates['samples_per_s']:.2f}",
+                             **({"tokens/s": f"{rates['tokens_per_s']:.0f}"} if step_tokens else {})})  # fmt: skip
             if st.global_step % cfg.log_every_steps == 0:
-                self._report({**self._means, "samples_per_s": rate}, None)
+                self._report({**self._means, **rates}, None)
             if cfg.max_steps and st.global_step >= cfg.max_steps:
                 return "max_steps"
             if cfg.eval_every_steps and st.global_step % cfg.eval_every_steps == 0:

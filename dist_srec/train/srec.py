@@ -4,6 +4,11 @@ Per step, for this rank's batch of B train samples (history, target):
     negatives  K per user, uniform over items outside the user's window and target (seeded per step)
     terms      LLMSRec.loss: retrieval CE over [target, negatives] + distillation MSE + uniformity
     update     Adam(lr 1e-4, betas (0.9, 0.98)) over the heads only; lr x0.95 per validation round
+    tokens     the real prompt tokens run through the LM (logged as "tokens": the loop's tokens/s)
+
+Placement (`DeepSpeedConfig.pattern`): "lm-engine" (or no DeepSpeed): the loop's torch Adam steps the
+heads after `sync_grads` averaged their gradients; "one-engine": one DeepSpeed engine over the LM and
+the heads owns the optimizer and the averaging (`make_stepper`, `dist_srec.dist.one_engine`).
 
 A checkpoint holds only the heads (`model.safetensors`), plus a config.json naming the LM (path and
 content hash), the teacher (path and sha256) and the catalog (item count, manifest sha256): enough to
@@ -15,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +29,12 @@ from torch import Tensor
 from dist_srec.errors import CheckpointError
 from dist_srec.models.srec import LLMSRec
 from dist_srec.train.context import TrainContext
+from dist_srec.train.stepper import Stepper, TorchStepper
 from dist_srec.train.teacher_loss import sample_train_negatives
+
+if TYPE_CHECKING:
+    from dist_srec.dist.deepspeed_config import DeepSpeedConfig
+    from dist_srec.dist.one_engine import OneEngine
 
 CHECKPOINT_FORMAT = "dist-srec/llm-srec"
 CHECKPOINT_VERSION = 1
@@ -38,16 +48,27 @@ class SRecTask:
         identity: what the checkpoint belongs to and how to rebuild it: {"llm": {...}, "teacher":
             {"path", "sha256"}, "catalog": {"num_items", "manifest_sha256", "data"}, "model": {...},
             "train": {...}}.
+        deepspeed: the DeepSpeed placement the LM was loaded with (its `pattern` says who steps).
+        micro_batch: users per step and rank (DeepSpeed's config records it).
     """
 
     name = "llm-srec"
 
-    def __init__(self, model: LLMSRec, identity: Mapping[str, Any]):
+    def __init__(
+        self,
+        model: LLMSRec,
+        identity: Mapping[str, Any],
+        *,
+        deepspeed: DeepSpeedConfig | None = None,
+        micro_batch: int = 1,
+    ):
         self.module = model
         self.model = model
         self.identity = dict(identity)
         self.num_items = int(self.identity["catalog"]["num_items"])
         self.ctx = TrainContext()
+        self.deepspeed, self.micro_batch = deepspeed, micro_batch
+        self.engine: OneEngine | None = None
 
     def setup(self, ctx: TrainContext) -> None:
         """Heads to the device. With several ranks, gradients are averaged in `sync_grads` (the heads
@@ -61,12 +82,28 @@ class SRecTask:
     def trainable(self) -> list[torch.nn.Parameter]:
         return self.model.trainable_parameters()
 
+    def make_stepper(self, optimizer: torch.optim.Optimizer) -> Stepper:
+        """`optimizer` (Adam over `trainable()`) stepped by the loop after `sync_grads`, or, under the
+        one-engine pattern, handed to the DeepSpeed engine created here over the LM and the heads."""
+        if self.deepspeed is None or self.deepspeed.pattern != "one-engine":
+            return TorchStepper(optimizer, self.sync_grads)
+        from dist_srec.dist.one_engine import OneEngine
+
+        self.engine = OneEngine(self.model, optimizer, self.deepspeed, micro_batch=self.micro_batch)
+        return self.engine
+
     def loss(self, batch: Mapping[str, Tensor], gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         k = self.model.cfg.loss.num_negatives
         seen = torch.cat([batch["history"], batch["target"][:, None]], 1).cpu()
         negatives = sample_train_negatives(seen, (seen.shape[0], k), self.num_items, gen)
-        terms = self.model.loss(dict(batch), negatives)
-        return terms["loss"], {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
+        self.model.take_prompt_tokens()
+        terms = (
+            self.model.loss(dict(batch), negatives)
+            if self.engine is None
+            else self.engine.loss(dict(batch), negatives)
+        )
+        logs = {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
+        return terms["loss"], {**logs, "tokens": float(self.model.take_prompt_tokens())}
 
     def sync_grads(self) -> None:
         """Average the heads' gradients over ranks (a no-op on one rank). Called after each backward,
@@ -88,7 +125,10 @@ class SRecTask:
         return self.model.trainable_state_dict()
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.model.load_trainable_state_dict(state)
+        if self.engine is not None:
+            self.engine.load_heads(state)  # also the optimizer's master copy of the weights
+        else:
+            self.model.load_trainable_state_dict(state)
 
     def config_json(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **self.identity}

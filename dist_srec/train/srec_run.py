@@ -8,6 +8,7 @@ Training resumes from OUT/last. OUT/best holds the heads with the best validatio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,13 +95,15 @@ def build_model(
     `dist_srec.dist.engine`); `micro_batch` is the per-rank batch DeepSpeed's config records.
     """
     teacher, _ = load_teacher(teacher_path, num_items=cat.num_items)
+    compose: Any = contextlib.nullcontext()
     if deepspeed is None:
         lm = load_frozen_lm(llm_cfg, device)
     else:
-        from dist_srec.dist.engine import load_lm_deepspeed
+        from dist_srec.dist.engine import composing, load_lm_deepspeed
 
         lm = load_lm_deepspeed(llm_cfg, deepspeed, device, micro_batch=micro_batch)
-    with torch.random.fork_rng():
+        compose = composing(lm, deepspeed)
+    with torch.random.fork_rng(), compose:
         torch.manual_seed(model_cfg.seed)  # the same initial heads on every rank and every run
         model = LLMSRec(lm, teacher.to(device), [None, *cat.titles[1:]], model_cfg)
     parts = {
@@ -150,7 +153,9 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
                                micro_batch=cfg.batch_size)  # fmt: skip
     teacher_len = model.teacher.cfg.max_len
     train_cfg = {"batch_size": cfg.batch_size, "loop": asdict(cfg.loop), "world_size": ctx.world_size}
-    task = SRecTask(model, identity(**parts, train=train_cfg))
+    task = SRecTask(
+        model, identity(**parts, train=train_cfg), deepspeed=cfg.deepspeed, micro_batch=cfg.batch_size
+    )
     loader = _loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
     user_items = cat.user_items()
@@ -173,8 +178,9 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
             )
 
         items = item_table(m, cat.num_items, progress=show, ctx=ctx)
+        key = heads_key(m, parts["lm_hash"])  # every rank: heads partitioned by one engine are gathered
         if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
-            store_item_table(Path(cfg.out) / "cache", items, heads_key(m, parts["lm_hash"]))
+            store_item_table(Path(cfg.out) / "cache", items, key)
         users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show)
         return evaluate_tables(users, items, batches(), proto, user_items=user_items, num_users=cat.num_users)
 

@@ -1,6 +1,6 @@
 """DeepSpeed placement of the frozen LLM, on 2 gloo ranks (no Ray): generated config, ZeRO-3
 partitioning, the LM's hash and outputs unchanged by partitioning and by training, stage 0 and stage 3
-giving the same losses, no hang when ranks run different numbers of LM forwards per pass, and the
+giving the same losses (and so does one engine over LM + heads at stage 3, DeepSpeed stepping), no hang when ranks run different numbers of LM forwards per pass, and the
 catalog encoded in shards over ranks equal to the catalog encoded whole."""
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def test_deepspeed_needs_a_process_group(srec_setup, tmp_path: Path) -> None:
         train_srec(cfg)
 
 
-def _steps(stage: int, data: str, teacher: str, out: str, ctx) -> tuple[list[float], object]:
+def _steps(
+    stage: int, data: str, teacher: str, out: str, ctx, pattern: str = "lm-engine"
+) -> tuple[list[float], object]:
     from dist_srec.data.catalog import Catalog
     from dist_srec.models.llm import resolve_llm_path
     from dist_srec.train.loop import LoopConfig, Trainer
@@ -64,11 +66,12 @@ def _steps(stage: int, data: str, teacher: str, out: str, ctx) -> tuple[list[flo
     cfg.model.max_tokens_per_forward = 64  # ranks' batches fall into different numbers of buckets
     cat = Catalog.load(data)
     ctx.local_first(lambda: resolve_llm_path(cfg.llm))
-    model, parts = build_model(cfg.llm, teacher, cat, cfg.model, ctx.device, deepspeed=DeepSpeedConfig(stage=stage),
-                               micro_batch=cfg.batch_size)  # fmt: skip
-    task = SRecTask(
-        model, {"catalog": {"num_items": cat.num_items}, "llm": {"content_hash": parts["lm_hash"]}}
+    ds = DeepSpeedConfig(stage=stage, pattern=pattern)  # type: ignore[arg-type]
+    model, parts = build_model(
+        cfg.llm, teacher, cat, cfg.model, ctx.device, deepspeed=ds, micro_batch=cfg.batch_size
     )
+    ident = {"catalog": {"num_items": cat.num_items}, "llm": {"content_hash": parts["lm_hash"]}}
+    task = SRecTask(model, ident, deepspeed=ds, micro_batch=cfg.batch_size)
     loader = _loader(
         data, "train", cfg.batch_size, 20, ctx, shuffle=True, seed=cfg.loop.seed, remainder="drop"
     )
@@ -115,6 +118,18 @@ def _worker(rank: int, world: int, port: int, data: str, teacher: str, root: str
         whole = encode_catalog(model3.encode_items, n_items, 16, progress=False)
         sharded = sharded_encode_catalog(model3.encode_items, n_items, ctx, 16, progress=False)
         torch.testing.assert_close(sharded, whole, rtol=1e-5, atol=1e-6)
+        del model3, whole, sharded
+        # the one-engine pattern at stage 3: DeepSpeed steps; same losses, LM partitioned and unchanged
+        loss1, (model1, hash1) = _steps(3, data, teacher, f"{root}/one3", ctx, pattern="one-engine")
+        local, total = partition_numel(model1.lm)
+        assert local < 0.6 * total and hash1 == hash0
+        from dist_srec.models.zero3 import is_available, is_partitioned
+
+        left = [n for n, p in model1.lm.model.named_parameters() if is_partitioned(p) and is_available(p)]
+        assert not left, f"LM weights left gathered after training: {left[:3]}"
+        model1.lm._hash = None
+        assert model1.lm.content_hash() == hash0, "the frozen LM changed under the one engine"
+        torch.testing.assert_close(torch.tensor(loss1), torch.tensor(loss0), rtol=1e-5, atol=1e-6)
         Path(f"{root}/ok-{rank}").write_text(json.dumps({"loss0": loss0, "loss3": loss3, "idle": sum(idle)}))
     finally:
         dist.destroy_process_group()
