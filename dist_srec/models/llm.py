@@ -340,7 +340,6 @@ def checkpoint_layers(body: nn.Module) -> int:
     The layer's own `forward` is wrapped, so the modules inside it run through their `__call__` on the
     recomputation too, and hooks on them (DeepSpeed ZeRO-3's parameter gathers) fire again there.
     """
-    from torch.utils.checkpoint import checkpoint
 
     layers = getattr(body, "layers", None)
     if not isinstance(layers, nn.ModuleList):
@@ -348,16 +347,35 @@ def checkpoint_layers(body: nn.Module) -> int:
             f"activation_checkpointing needs a decoder body with a `layers` ModuleList; "
             f"{type(body).__name__} has none"
         )
-    for layer in layers:
-        inner = layer.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if not torch.is_grad_enabled():
-                return _inner(*args, **kwargs)
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-        layer.forward = forward
+    for i, layer in enumerate(layers):
+        layer.forward = _checkpointed(
+            layer.forward, getattr(getattr(layer, "self_attn", None), "layer_idx", i)
+        )
     return len(layers)
+
+
+def _checkpointed(inner, layer_idx: int):
+    """`inner` (a decoder layer's forward) under non-reentrant checkpointing. A key/value cache passed
+    in (the cached constant prompt head, `FrozenLM.hidden_after`) is appended to by the forward; the
+    recomputation starts from the same cache state, not from the already appended one."""
+    from torch.utils.checkpoint import checkpoint
+
+    def forward(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return inner(*args, **kwargs)
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        entry = cache.layers[layer_idx]
+        before = (entry.keys, entry.values)
+
+        def run(*a, **k):
+            entry.keys, entry.values = before
+            return inner(*a, **k)
+
+        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+    return forward
 
 
 def resolve_llm_path(cfg: LLMConfig) -> Path:

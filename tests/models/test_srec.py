@@ -185,6 +185,23 @@ def test_throughput_levers_keep_loss_and_gradients(lm: FrozenLM) -> None:
             )
 
 
+def test_activation_checkpointing_with_prefix_reuse_keeps_loss_and_gradients(lm: FrozenLM, tmp_path) -> None:
+    """Recomputing a layer that appended to the cached head's keys/values must start from the head
+    alone again (a regression: the recomputation saw the head + the suffix twice)."""
+    plain = make_model(lm, reuse_prefix=False)
+    ref_loss, ref_grads = _loss_and_grads(plain)
+    ckpt_lm = load_frozen_lm(
+        LLMConfig(path="tiny", cache_dir=str(tmp_path), dtype="float32", activation_checkpointing=True)
+    )
+    fast = make_model(ckpt_lm)
+    assert fast.prefixes
+    fast.heads.load_state_dict(plain.heads.state_dict())
+    loss, grads = _loss_and_grads(fast)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_prefix_is_the_template_head(lm: FrozenLM) -> None:
     model = make_model(lm)
     b = make_batch()
