@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import machine, markdown_table, write_results
+from benchmarks.harness import RESULTS, machine, markdown_table, write_results
 
 
 def parse() -> argparse.Namespace:
@@ -58,6 +58,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-negatives", type=int, default=99, help="the closing validation round")
     p.add_argument("--work", default="runs/bench/train-step")
     p.add_argument("--name", default="train_step")
+    p.add_argument("--append", action="store_true", help="add rows to benchmarks/results/<name>.json")
     return p.parse_args()
 
 
@@ -96,31 +97,46 @@ def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) ->
     }  # fmt: skip
 
 
-def main() -> None:
-    args = parse()
-    rows = []
-    for pattern in args.patterns.split(","):
-        for spec in args.configs.split(","):
-            w, s = (int(x) for x in spec.split("x"))
-            rows.append(run_one(args, pattern, w, s))
-            print(json.dumps(rows[-1]), flush=True)
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
     settings = {k: v for k, v in vars(args).items()}
     mach = machine()
     cols = ["pattern", "workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
-            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank"]  # fmt: skip
+            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "error"]  # fmt: skip
     md = "\n".join([
         f"# LLM-SRec train step under Ray Train ({mach['date']})", "",
-        f"Settings: {json.dumps(settings)}", "",
+        f"Settings (of the last invocation; rows may come from several, see the JSON): {json.dumps(settings)}", "",
         f"Machine: {mach['cpu']}, {mach['cores']} cores, GPU {mach['gpu']}; torch {mach['torch']}, "
         f"deepspeed {mach['deepspeed']}, ray {mach['ray']}; commit {mach['git_commit']}", "",
         markdown_table(rows, cols), "",
         "start-up = driver fit() start to the first step's report; step = median gap between step reports "
         "(first excluded); samples/s = workers x batch / step; tokens/s = real prompt tokens of the timed "
-        "steps (all ranks, user + deduplicated item prompts) / their wall time; tokens/step over all steps.",
+        "steps (all ranks, user + deduplicated item prompts) / their wall time; tokens/step over all steps. "
+        "A row with an error is a configuration that failed (e.g. killed for memory); it was not retried.",
     ])  # fmt: skip
-    js, mdp = write_results(args.name, {"settings": settings, "machine": mach, "rows": rows}, md)
-    print(md)
-    print(f"wrote {js} and {mdp}")
+    write_results(args.name, {"settings": settings, "machine": mach, "rows": rows}, md)
+
+
+def main() -> None:
+    args = parse()
+    prior = RESULTS / f"{args.name}.json"
+    rows = json.loads(prior.read_text())["rows"] if args.append and prior.is_file() else []
+    for pattern in args.patterns.split(","):
+        for spec in args.configs.split(","):
+            w, s = (int(x) for x in spec.split("x"))
+            try:
+                row = run_one(args, pattern, w, s)
+            except Exception as e:  # keep the other configurations' numbers; say what failed
+                row = {"pattern": pattern, "workers": w, "zero_stage": s, "batch_per_rank": args.batch_size,
+                       "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}  # fmt: skip
+            row["settings"] = {
+                "steps": args.steps,
+                "llm": args.llm,
+                "activation_checkpointing": args.activation_checkpointing,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write(args, rows)  # after every configuration: a killed run keeps what it measured
+    print(f"wrote {RESULTS / args.name}.json and .md")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class Recommendation:
     score: float
 
 
-def _close(
+def unknown_key_error(
     name: str, choices: list[str], what: str, *, path: object = None, line: int | None = None
 ) -> DataError:
     """DataError for an unknown key, with up to 5 close matches (and the file and line it came from)."""
@@ -48,7 +48,7 @@ def user_history(cat: Catalog, user_key: str) -> tuple[list[int], list[int]]:
     try:
         uid = keys.index(str(user_key), 1)
     except ValueError:
-        raise _close(str(user_key), keys[1:], "user") from None
+        raise unknown_key_error(str(user_key), keys[1:], "user") from None
     t = cat.interactions(["user_id", "item_id", "timestamp"]).filter(pc.field("user_id") == uid)
     return t["item_id"].to_pylist(), t["timestamp"].to_pylist()
 
@@ -64,7 +64,7 @@ def titles_to_items(cat: Catalog, titles: list[str]) -> list[int]:
             continue
         i = exact.get(t, folded.get(t.casefold()))
         if i is None:
-            raise _close(t, list(exact), "title")
+            raise unknown_key_error(t, list(exact), "title")
         out.append(i)
     if not out:
         raise DataError("the history names no titles", field="history")

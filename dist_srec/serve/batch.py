@@ -135,7 +135,7 @@ def encode_catalog(cfg: CatalogJobConfig, ray: Any = None) -> VectorStore:
 def read_users(path: str | Path, user_keys: list[str]) -> np.ndarray:
     """User ids [P] of a text file of original user keys (one a line; blanks and `#` comments skipped);
     an unknown key is a DataError naming the file and line, with close matches."""
-    from dist_srec.recommend import _close
+    from dist_srec.recommend import unknown_key_error
 
     index = {key: uid for uid, key in enumerate(user_keys) if uid}
     ids = []
@@ -145,7 +145,7 @@ def read_users(path: str | Path, user_keys: list[str]) -> np.ndarray:
             if not key:
                 continue
             if key not in index:
-                raise _close(key, user_keys[1:], "user", path=path, line=line_no)
+                raise unknown_key_error(key, user_keys[1:], "user", path=path, line=line_no)
             ids.append(index[key])
     if not ids:
         raise DataError("the users file names no users", path=path)
