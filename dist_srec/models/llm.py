@@ -83,6 +83,11 @@ class LLMConfig:
     activations a training step holds drop from every layer's intermediates to one [b, T, H] per layer,
     for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
     a big LM on a small GPU); same outputs and gradients either way."""
+    compile_layers: bool = False
+    """`torch.compile` each decoder layer (regional compilation: one graph per layer type, shapes marked
+    dynamic after the first recompile), fusing the elementwise work around the GEMMs (norms, rotary,
+    SiLU, residual adds). Costs a compile of tens of seconds at start; see
+    benchmarks/results/compile_layers_cpu.md for what it buys on CPU."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -328,6 +333,9 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
     lm = FrozenLM(model, tokenizer, source=cfg.path)
     if cfg.activation_checkpointing:
         checkpoint_layers(lm.body)
+    if cfg.compile_layers:
+        for layer in _decoder_layers(lm.body):
+            layer.compile()
     if any(is_partitioned(p) for p in model.parameters()):
         return lm  # ZeRO-3 (`dist_srec.dist.engine`): DeepSpeed placed each partition already
     return lm.to(device)
@@ -341,17 +349,22 @@ def checkpoint_layers(body: nn.Module) -> int:
     recomputation too, and hooks on them (DeepSpeed ZeRO-3's parameter gathers) fire again there.
     """
 
-    layers = getattr(body, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(
-            f"activation_checkpointing needs a decoder body with a `layers` ModuleList; "
-            f"{type(body).__name__} has none"
-        )
+    layers = _decoder_layers(body)
     for i, layer in enumerate(layers):
         layer.forward = _checkpointed(
             layer.forward, getattr(getattr(layer, "self_attn", None), "layer_idx", i)
         )
     return len(layers)
+
+
+def _decoder_layers(body: nn.Module) -> nn.ModuleList:
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"activation_checkpointing / compile_layers need a decoder body with a `layers` ModuleList; "
+            f"{type(body).__name__} has none"
+        )
+    return layers
 
 
 def _checkpointed(inner, layer_idx: int):

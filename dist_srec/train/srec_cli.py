@@ -21,6 +21,10 @@ def add_srec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--num-layers", type=int, help="keep only the first k LM layers (debug)")
+    p.add_argument(
+        "--activation-checkpointing", action="store_true", help="recompute LM layers in the backward"
+    )
+    p.add_argument("--compile-layers", action="store_true", help="torch.compile each LM decoder layer")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=0.95, help="per validation round")
@@ -82,7 +86,8 @@ def run_config(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     return SRecRunConfig(
         data=args.data, teacher=args.teacher, out=args.out,
-        llm=LLMConfig(path=args.llm, dtype=args.dtype, num_layers=args.num_layers),
+        llm=LLMConfig(path=args.llm, dtype=args.dtype, num_layers=args.num_layers,
+                      activation_checkpointing=args.activation_checkpointing, compile_layers=args.compile_layers),
         model=LLMSRecConfig(loss=loss, prompts=PromptConfig(title_max_tokens=args.title_max_tokens), seed=args.seed),
         loop=loop, batch_size=args.batch_size, num_workers=args.num_workers, eval_users=args.eval_users,
         eval_negatives=args.eval_negatives,

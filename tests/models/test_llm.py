@@ -183,3 +183,20 @@ def test_activation_checkpointing_same_outputs_and_grads_less_memory(cache) -> N
     assert s1 < s0 / 2, (s0, s1)  # only the layers' inputs are kept
     with torch.no_grad():  # no graph: the plain forward, nothing recomputed
         torch.testing.assert_close(ckpt.hidden(x), h0)
+
+
+def test_compiled_layers_same_outputs_and_input_grads(cache) -> None:
+    plain = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32"))
+    comp = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32", compile_layers=True))
+    torch.manual_seed(0)
+    for shape in ((3, 17), (5, 9)):  # a second shape: recompiled (dynamic), still equal
+        x = torch.randn(*shape, plain.hidden_size)
+        w = torch.randn(*shape, plain.hidden_size)
+        out = []
+        for lm in (plain, comp):
+            xi = x.clone().requires_grad_(True)
+            h = lm.hidden(xi)
+            (h * w).sum().backward()
+            out.append((h.detach(), xi.grad))
+        torch.testing.assert_close(out[1][0], out[0][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out[1][1], out[0][1], atol=1e-4, rtol=1e-4)
