@@ -13,7 +13,7 @@ TEST_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL
 	RAY_AUTH_MODE=disabled TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-all lint format bench bench-quality clean
+.PHONY: setup demo test test-all lint format bench bench-quality bench-llm clean
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench: setup
 
 bench-quality: setup
 	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_quality.py
+
+# With SmolLM2 and all cores (tens of minutes on 2 CPU cores). bench_train_step needs --data/--teacher:
+# see its docstring.
+bench-llm: setup
+	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_throughput.py
+	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_compile.py
+	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_catalog.py
 
 clean:
 	rm -rf $(VENV) .cache runs
