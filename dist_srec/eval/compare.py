@@ -48,13 +48,29 @@ def encode_catalog(
     encode_items: Callable[[Tensor], Tensor], num_items: int, batch_items: int = 256, progress: bool = True
 ) -> Tensor:
     """[N+1, d] fp32 item table from `encode_items(ids [n]) -> [n, d]`, row 0 zeros; batched, no graph."""
-    chunks = []
-    bar = tqdm(range(1, num_items + 1, batch_items), desc="encode catalog", disable=not progress, leave=False)
-    for lo in bar:
-        ids = torch.arange(lo, min(lo + batch_items, num_items + 1))
-        chunks.append(encode_items(ids).float().cpu())
-    table = torch.cat(chunks)
+    bar = tqdm(total=num_items, desc="encode catalog", disable=not progress, leave=False)
+    table = encode_id_range(encode_items, 1, num_items + 1, batch_items, bar.update)
+    bar.close()
     return torch.cat([torch.zeros(1, table.shape[1]), table])
+
+
+@torch.no_grad()
+def encode_id_range(
+    encode_items: Callable[[Tensor], Tensor],
+    lo: int,
+    hi: int,
+    batch_items: int,
+    on_batch: Callable[[int], Any] | None = None,
+) -> Tensor:
+    """[hi - lo, d] fp32 vectors of item ids lo..hi-1, `batch_items` ids per `encode_items` call;
+    `on_batch(n)` after each call (progress)."""
+    parts = []
+    for start in range(lo, hi, batch_items):
+        ids = torch.arange(start, min(start + batch_items, hi))
+        parts.append(encode_items(ids).float().cpu())
+        if on_batch is not None:
+            on_batch(len(ids))
+    return torch.cat(parts)
 
 
 def cached_item_table(cache_file: Path, build: Callable[[], Tensor]) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dist_srec.errors import CheckpointError, ConfigError, DataError
+from dist_srec.eval.compare import encode_id_range
 from dist_srec.io import read_json, write_json_atomic
 from dist_srec.serve.store import (
     MANIFEST,
@@ -126,12 +127,10 @@ def encode_shards(
     dtype = manifest["layout"]["dtype"]
     bar = tqdm(total=sum(e["rows"] for e in entries), desc=desc, unit="item", disable=not progress)
     for e in entries:
-        parts = []
-        for lo in range(e["first_id"], e["first_id"] + e["rows"], batch_items):
-            ids = torch.arange(lo, min(lo + batch_items, e["first_id"] + e["rows"]))
-            parts.append(encode_items(ids).float().cpu())
-            bar.update(len(ids))
-        write_shard(Path(root) / e["file"], torch.cat(parts), dtype)
+        vecs = encode_id_range(
+            encode_items, e["first_id"], e["first_id"] + e["rows"], batch_items, bar.update
+        )
+        write_shard(Path(root) / e["file"], vecs, dtype)
     bar.close()
     return sum(e["rows"] for e in entries)
 
