@@ -54,7 +54,7 @@ bench-quality: setup
 # see its docstring.
 bench-llm: setup
 	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_throughput.py
-	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_compile.py
+	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_lm_levers.py
 	DS_ACCELERATOR=cpu $(PY) benchmarks/bench_catalog.py
 
 clean:

@@ -45,6 +45,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile-layers", action="store_true")
+    p.add_argument("--compile-scope", default="layers", choices=["layers", "parts"])
     p.add_argument("--max-tokens-per-forward", type=int, default=16384)
     p.add_argument("--bucket-max-padding", type=float, default=0.08, help="1.0 = buckets by size only")
     p.add_argument("--no-reuse-prefix", action="store_true", help="run every prompt's constant head")
@@ -92,7 +93,8 @@ def build(args: argparse.Namespace, data: Path, teacher: Path) -> tuple[Any, Any
     torch.manual_seed(args.seed)
     cat = Catalog.load(data)
     llm = LLMConfig(path=args.llm, dtype=args.dtype, attn_implementation=args.attn,
-                    activation_checkpointing=args.activation_checkpointing, compile_layers=args.compile_layers)  # fmt: skip
+                    activation_checkpointing=args.activation_checkpointing, compile_layers=args.compile_layers,
+                    compile_scope=args.compile_scope)  # fmt: skip
     cfg = LLMSRecConfig(max_tokens_per_forward=args.max_tokens_per_forward, seed=args.seed,
                         bucket_max_padding=args.bucket_max_padding, reuse_prefix=not args.no_reuse_prefix)  # fmt: skip
     model, _ = build_model(llm, teacher, cat, cfg, torch.device("cpu"))
@@ -254,7 +256,7 @@ def report(
         f"Machine: {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}, GPU {mach['gpu']}; "
         f"torch {mach['torch']}, transformers {mach['transformers']}; commit {mach['git_commit']}.",
         f"LM {args.llm} in {dtype}, attention {args.attn}, activation checkpointing "
-        f"{args.activation_checkpointing}, compiled layers {args.compile_layers}, max tokens per forward {args.max_tokens_per_forward}, bucket max "
+        f"{args.activation_checkpointing}, compiled layers {args.compile_layers} (scope {args.compile_scope}), max tokens per forward {args.max_tokens_per_forward}, bucket max "
         f"padding {args.bucket_max_padding}, prefix reuse {not args.no_reuse_prefix} (heads "
         f"{step['head_tokens']}); "
         f"{args.batch_size} users x (1 + 3) candidates per step; {args.steps} timed steps after {args.warmup}.", "",

@@ -53,6 +53,7 @@ SPECIAL_TOKENS = (HISTORY_EMB, USER_OUT, ITEM_OUT)
 PrefixKV = tuple[tuple[Tensor, Tensor], ...]
 DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+COMPILE_SCOPES = ("layers", "parts")
 # Config keys that vary with how or where a model was saved, not with what it computes.
 _VOLATILE_CONFIG_KEYS = (
     "_name_or_path",
@@ -84,10 +85,16 @@ class LLMConfig:
     for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
     a big LM on a small GPU); same outputs and gradients either way."""
     compile_layers: bool = False
-    """`torch.compile` each decoder layer (regional compilation: one graph per layer type, shapes marked
-    dynamic after the first recompile), fusing the elementwise work around the GEMMs (norms, rotary,
-    SiLU, residual adds). Costs a compile of tens of seconds at start; see
+    """`torch.compile` parts of every decoder layer (regional compilation), fusing the elementwise work
+    around the GEMMs. What is compiled is `compile_scope`. Costs compile time at start; see
     benchmarks/results/compile_layers_cpu.md for what it buys on CPU."""
+    compile_scope: str = "layers"
+    """With `compile_layers`: `layers` compiles each whole decoder layer (norms, rotary, SiLU, residual
+    adds). Dynamo specialises such a graph on the layer's slot in the KV cache, so there is one graph per
+    layer and pass kind (plain, prompt-head prefix, after a prefix), and the recompile limit is raised to
+    fit them: at torch's default of 8 every layer past the 8th silently ran eager. `parts` compiles only
+    the cache-free submodules (MLP and the two RMSNorms), one graph shared by all layers: a few seconds
+    of compile instead of minutes, fewer fusions."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -98,6 +105,10 @@ class LLMConfig:
             )
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"config field 'num_layers': must be >= 1, got {self.num_layers}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ConfigError(
+                f"config field 'compile_scope': '{self.compile_scope}' is not one of {', '.join(COMPILE_SCOPES)}"
+            )
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -334,8 +345,7 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
     if cfg.activation_checkpointing:
         checkpoint_layers(lm.body)
     if cfg.compile_layers:
-        for layer in _decoder_layers(lm.body):
-            layer.compile()
+        compile_decoder(lm.body, cfg.compile_scope)
     if any(is_partitioned(p) for p in model.parameters()):
         return lm  # ZeRO-3 (`dist_srec.dist.engine`): DeepSpeed placed each partition already
     return lm.to(device)
@@ -355,6 +365,45 @@ def checkpoint_layers(body: nn.Module) -> int:
             layer.forward, getattr(getattr(layer, "self_attn", None), "layer_idx", i)
         )
     return len(layers)
+
+
+_PASS_KINDS = (
+    4  # graphs per layer under `layers`: plain, prefix, after-prefix, plus one dynamic-shape recompile
+)
+
+
+def compile_decoder(body: nn.Module, scope: str) -> int:
+    """`torch.compile` the decoder layers of `body` in place (see `LLMConfig.compile_scope`); returns
+    the number of modules compiled.
+
+    `layers`: each layer whole. Its graph guards on the layer's own KV-cache slot, so every layer needs
+    its own cache entries; `recompile_limit` (default 8, process-wide) is raised to layers x pass kinds,
+    otherwise layers past the limit fall back to eager without an error.
+    `parts`: each layer's `mlp`, `input_layernorm` and `post_attention_layernorm` where present; their
+    forwards touch no cache and no layer index, so all layers share one graph per shape.
+    """
+    layers = _decoder_layers(body)
+    if scope == "layers":
+        import torch._dynamo.config as dyn
+
+        need = _PASS_KINDS * len(layers)
+        dyn.recompile_limit = max(dyn.recompile_limit, need)
+        dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 2 * need)
+        for layer in layers:
+            layer.compile()
+        return len(layers)
+    if scope != "parts":
+        raise ConfigError(f"compile scope '{scope}' is not one of {', '.join(COMPILE_SCOPES)}")
+    n = 0
+    for layer in layers:
+        for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+            part = getattr(layer, name, None)
+            if isinstance(part, nn.Module):
+                part.compile()
+                n += 1
+    if n == 0:
+        raise ConfigError(f"compile scope 'parts': {type(layers[0]).__name__} has no mlp / norm submodules")
+    return n
 
 
 def _decoder_layers(body: nn.Module) -> nn.ModuleList:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_srec.losses import LossConfig
-from dist_srec.models.llm import LLMConfig
+from dist_srec.models.llm import COMPILE_SCOPES, LLMConfig
 from dist_srec.models.srec import LLMSRecConfig
 from dist_srec.prompts import PromptConfig
 from dist_srec.train.loop import LoopConfig
@@ -24,7 +24,9 @@ def add_srec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--activation-checkpointing", action="store_true", help="recompute LM layers in the backward"
     )
-    p.add_argument("--compile-layers", action="store_true", help="torch.compile each LM decoder layer")
+    p.add_argument("--compile-layers", action="store_true", help="torch.compile the LM decoder layers")
+    p.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="layers",
+                   help="with --compile-layers: whole layers, or only their MLP and norms")  # fmt: skip
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=0.95, help="per validation round")
@@ -87,7 +89,8 @@ def run_config(args: argparse.Namespace) -> Any:
     return SRecRunConfig(
         data=args.data, teacher=args.teacher, out=args.out,
         llm=LLMConfig(path=args.llm, dtype=args.dtype, num_layers=args.num_layers,
-                      activation_checkpointing=args.activation_checkpointing, compile_layers=args.compile_layers),
+                      activation_checkpointing=args.activation_checkpointing, compile_layers=args.compile_layers,
+                      compile_scope=args.compile_scope),
         model=LLMSRecConfig(loss=loss, prompts=PromptConfig(title_max_tokens=args.title_max_tokens), seed=args.seed),
         loop=loop, batch_size=args.batch_size, num_workers=args.num_workers, eval_users=args.eval_users,
         eval_negatives=args.eval_negatives,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from dist_srec.errors import ConfigError
 from dist_srec.models.llm import (
+    COMPILE_SCOPES,
     SPECIAL_TOKENS,
     FrozenLM,
     LLMConfig,
@@ -17,6 +19,7 @@ from dist_srec.models.llm import (
     resolve_dtype,
     smollm2_safetensors,
 )
+from dist_srec.models.tiny_lm import tiny_lm_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -185,9 +188,12 @@ def test_activation_checkpointing_same_outputs_and_grads_less_memory(cache) -> N
         torch.testing.assert_close(ckpt.hidden(x), h0)
 
 
-def test_compiled_layers_same_outputs_and_input_grads(cache) -> None:
+@pytest.mark.parametrize("scope", COMPILE_SCOPES)
+def test_compiled_layers_same_outputs_and_input_grads(cache, scope: str) -> None:
     plain = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32"))
-    comp = load_frozen_lm(LLMConfig(path="tiny", cache_dir=cache, dtype="float32", compile_layers=True))
+    comp = load_frozen_lm(
+        LLMConfig(path="tiny", cache_dir=cache, dtype="float32", compile_layers=True, compile_scope=scope)
+    )
     torch.manual_seed(0)
     for shape in ((3, 17), (5, 9)):  # a second shape: recompiled (dynamic), still equal
         x = torch.randn(*shape, plain.hidden_size)
@@ -200,3 +206,25 @@ def test_compiled_layers_same_outputs_and_input_grads(cache) -> None:
             out.append((h.detach(), xi.grad))
         torch.testing.assert_close(out[1][0], out[0][0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out[1][1], out[0][1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("scope", "graphs"), [("layers", 9), ("parts", 2)])
+def test_compile_covers_every_layer(cache, scope: str, graphs: int) -> None:
+    """9 layers, one pass kind: `layers` needs 9 graphs (one per KV-cache slot), past torch's default
+    recompile limit of 8, where the 9th layer used to run eager without a word; `parts` shares 2 (MLP,
+    RMSNorm) across all layers."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    lm = load_frozen_lm(
+        LLMConfig(path=str(tiny_lm_dir(Path(cache), num_layers=9)), dtype="float32",
+                  compile_layers=True, compile_scope=scope)
+    )  # fmt: skip
+    counters.clear()
+    lm.prefix_kv(torch.tensor([1, 2, 3]))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_scope_is_validated() -> None:
+    with pytest.raises(ConfigError, match="compile_scope"):
+        LLMConfig(compile_scope="model")
