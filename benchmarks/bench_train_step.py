@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import RESULTS, machine, markdown_table, write_results
+from benchmarks.harness import RESULTS, RssSampler, machine, markdown_table, write_results
 
 
 def parse() -> argparse.Namespace:
@@ -101,7 +101,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     settings = {k: v for k, v in vars(args).items()}
     mach = machine()
     cols = ["pattern", "workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
-            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "error"]  # fmt: skip
+            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "peak_rss_mb_sampled", "peak_used_mb_node", "error"]  # fmt: skip
     md = "\n".join([
         f"# LLM-SRec train step under Ray Train ({mach['date']})", "",
         f"Settings (of the last invocation; rows may come from several, see the JSON): {json.dumps(settings)}", "",
@@ -111,7 +111,9 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
         "start-up = driver fit() start to the first step's report; step = median gap between step reports "
         "(first excluded); samples/s = workers x batch / step; tokens/s = real prompt tokens of the timed "
         "steps (all ranks, user + deduplicated item prompts) / their wall time; tokens/step over all steps. "
-        "A row with an error is a configuration that failed (e.g. killed for memory); it was not retried.",
+        "A row with an error is a configuration that failed (e.g. killed for memory); it was not retried. "
+        "peak_rss_mb_sampled = the largest Ray worker's RSS and peak_used_mb_node = the machine's used memory, "
+        "sampled every second from outside (so known for killed runs too; other jobs count in the latter).",
     ])  # fmt: skip
     write_results(args.name, {"settings": settings, "machine": mach, "rows": rows}, md)
 
@@ -123,11 +125,15 @@ def main() -> None:
     for pattern in args.patterns.split(","):
         for spec in args.configs.split(","):
             w, s = (int(x) for x in spec.split("x"))
-            try:
-                row = run_one(args, pattern, w, s)
-            except Exception as e:  # keep the other configurations' numbers; say what failed
-                row = {"pattern": pattern, "workers": w, "zero_stage": s, "batch_per_rank": args.batch_size,
-                       "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}  # fmt: skip
+            with RssSampler("ray::") as mem:  # Ray worker processes, even if they get killed
+                try:
+                    row = run_one(args, pattern, w, s)
+                except Exception as e:  # keep the other configurations' numbers; say what failed
+                    row = {"pattern": pattern, "workers": w, "zero_stage": s, "batch_per_rank": args.batch_size,
+                           "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}  # fmt: skip
+            row["memory"] = mem.summary()
+            row["peak_rss_mb_sampled"] = max(row["memory"]["peaks_mb"].values(), default=None)
+            row["peak_used_mb_node"] = row["memory"]["peak_used_mb"]
             row["settings"] = {
                 "steps": args.steps,
                 "llm": args.llm,

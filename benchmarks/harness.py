@@ -118,3 +118,58 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     with atomic_path(md) as tmp:
         tmp.write_text(markdown.rstrip() + "\n")
     return js, md
+
+
+class RssSampler:
+    """Samples, every `period_s` in a background thread, the RSS of every process whose command line
+    contains `match` and the machine's used memory; keeps each process's peak. Survives the processes
+    being killed (e.g. by Ray's OOM monitor), so a failed run still says who held the memory.
+
+        with RssSampler("ray::") as s:
+            ...
+        s.summary() -> {"peak_used_mb": .., "peaks_mb": {"pid title": mb, ...},
+                        "timeline": [[t_s, used_mb, largest_mb], ...]}
+    """
+
+    def __init__(self, match: str, period_s: float = 1.0) -> None:
+        import threading
+
+        self.match, self.period_s = match, period_s
+        self.peaks: dict[int, tuple[float, str]] = {}
+        self.timeline: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            top = 0.0
+            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                mem = proc.info["memory_info"]
+                if self.match in cmd and mem is not None:
+                    mb, pid = mem.rss / 2**20, proc.info["pid"]
+                    if mb > self.peaks.get(pid, (0.0, ""))[0]:  # Ray retitles a worker per task: key by pid
+                        self.peaks[pid] = (mb, cmd.split()[0][:40])
+                    top = max(top, mb)
+            used = (psutil.virtual_memory().total - psutil.virtual_memory().available) / 2**20
+            self.timeline.append([round(time.monotonic() - t0, 1), round(used), round(top)])
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        big = sorted(self.peaks.items(), key=lambda kv: -kv[1][0])[:6]
+        return {
+            "peak_used_mb": max((u for _, u, _ in self.timeline), default=0),
+            "peaks_mb": {f"{pid} {name}": round(mb) for pid, (mb, name) in big},
+            "timeline": self.timeline[:: max(1, len(self.timeline) // 200)],
+        }

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dist_srec.errors import CheckpointError, ConfigError, DataError
+from dist_srec.errors import ConfigError, DataError
 from dist_srec.eval.compare import encode_id_range
 from dist_srec.io import read_json, write_json_atomic
 from dist_srec.serve.store import (
@@ -59,12 +59,12 @@ def checkpoint_identity(ckpt: str | Path, data: str | Path | None = None) -> Sto
     the checkpoint's files without loading the LM (the worker that loads it checks the same key)."""
     from dist_srec.data.catalog import Catalog
     from dist_srec.train.checkpoint import load_checkpoint, model_sha256
+    from dist_srec.train.srec import require_srec_format
     from dist_srec.train.srec_run import heads_key_of_state
 
     ck = load_checkpoint(ckpt, with_train_state=False)
     conf = ck.config
-    if conf.get("format") != "dist-srec/llm-srec":
-        raise CheckpointError(f"{ckpt} is not an LLM-SRec checkpoint (format {conf.get('format')!r})")
+    require_srec_format(conf, ckpt)
     cat = Catalog.load(data or conf["catalog"]["data"])
     lm_hash = conf["llm"]["content_hash"]
     return StoreIdentity(

@@ -137,11 +137,16 @@ class SRecTask:
         check_identity(config, self.identity, path)
 
 
+def require_srec_format(config: Mapping[str, Any], path: str | Path) -> None:
+    """Raise `CheckpointError` unless checkpoint `config` is an LLM-SRec checkpoint's."""
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an LLM-SRec checkpoint (format {config.get('format')!r})")
+
+
 def check_identity(config: Mapping[str, Any], expected: Mapping[str, Any], path: Path) -> None:
     """Raise `CheckpointError` unless checkpoint `config` was made for the same LM, teacher, catalog and
     head shapes as `expected`."""
-    if config.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an LLM-SRec checkpoint (format {config.get('format')!r})")
+    require_srec_format(config, path)
     pairs = [
         ("catalog.num_items", config["catalog"]["num_items"], expected["catalog"]["num_items"]),
         ("llm.content_hash", config["llm"]["content_hash"], expected["llm"]["content_hash"]),
