@@ -29,6 +29,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def splice_source(
+    input_ids: Tensor,  # [B, T]
+    n_rows: int,  # R
+    slot_to_row: Tensor | None,  # [M]
+    *,
+    hist_id: int,
+    out_ids: Sequence[int],
+) -> Tensor:  # [B·T] int64
+    """src per flattened position: the row of [item_rows; out_vectors] ([R + K, H]) that replaces it,
+    or -1 to keep the token's table row. Slot m (row-major order) takes row slot_to_row[m] (row m when
+    None); out token out_ids[k] takes row R + k. Raises ValueError if the slot count does not match."""
+    flat = input_ids.reshape(-1)
+    is_hist = flat == hist_id
+    n_slots = int(is_hist.sum())
+    rows = slot_to_row if slot_to_row is not None else torch.arange(n_rows, device=flat.device)
+    if rows.numel() != n_slots:
+        raise ValueError(f"{n_slots} [HistoryEmb] slots in input_ids but {rows.numel()} slot rows given")
+    src = torch.full_like(flat, -1, dtype=torch.int64)
+    src[is_hist] = rows.to(device=flat.device, dtype=torch.int64)  # boolean-mask assignment: row-major
+    for k, oid in enumerate(out_ids):
+        src[flat == oid] = n_rows + k
+    return src
+
+
 def seq_embed_reference(
     input_ids: Tensor,  # [B, T] int64
     table: Tensor,  # [V, H] frozen
@@ -43,18 +67,9 @@ def seq_embed_reference(
     if out_vectors.shape[0] != len(out_ids):
         raise ValueError(f"out_vectors has {out_vectors.shape[0]} rows for {len(out_ids)} out ids")
     emb = F.embedding(input_ids, table.detach())  # [B, T, H], no graph: the table is frozen
-    is_hist = input_ids == hist_id
-    rows = (
-        slot_to_row if slot_to_row is not None else torch.arange(item_rows.shape[0], device=input_ids.device)
-    )
-    n_slots = int(is_hist.sum())
-    if rows.numel() != n_slots:
-        raise ValueError(f"{n_slots} [HistoryEmb] slots in input_ids but {rows.numel()} slot rows given")
     # src[b, t]: row of `ext` that replaces position (b, t), or -1 to keep the table row.
-    src = torch.full_like(input_ids, -1)
-    src[is_hist] = rows.to(src.dtype)  # boolean-mask assignment runs in row-major order
-    for k, oid in enumerate(out_ids):
-        src[input_ids == oid] = item_rows.shape[0] + k
+    src = splice_source(input_ids, item_rows.shape[0], slot_to_row, hist_id=hist_id, out_ids=out_ids)
+    src = src.view_as(input_ids)
     ext = torch.cat([item_rows, out_vectors]).to(emb.dtype)  # [R + K, H]
     sel = src >= 0
     # The gather's backward is an index_add over src: repeated rows accumulate their gradients.

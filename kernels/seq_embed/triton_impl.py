@@ -43,6 +43,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .reference import splice_source
+
 
 def acc_dtype(*tensors: Tensor) -> tl.dtype:
     """fp64 if any input is fp64 (gradcheck), else fp32."""
@@ -166,28 +168,6 @@ def segment_sum(
         grad, order, offsets, dst_a, dst_b, n_dst, n_a, h, scale,
         ACC=acc_dtype(grad, dst_a), BLOCK_R=block_r, BLOCK_P=16, BLOCK_H=block_h,
     )  # fmt: skip
-
-
-def splice_source(
-    input_ids: Tensor,  # [B, T]
-    n_rows: int,  # R
-    slot_to_row: Tensor | None,  # [M]
-    *,
-    hist_id: int,
-    out_ids: Sequence[int],
-) -> Tensor:  # [B·T] int64
-    """src per position (see module docstring), with the reference's checks on the slot count."""
-    flat = input_ids.reshape(-1)
-    is_hist = flat == hist_id
-    n_slots = int(is_hist.sum())
-    rows = slot_to_row if slot_to_row is not None else torch.arange(n_rows, device=flat.device)
-    if rows.numel() != n_slots:
-        raise ValueError(f"{n_slots} [HistoryEmb] slots in input_ids but {rows.numel()} slot rows given")
-    src = torch.full_like(flat, -1, dtype=torch.int64)
-    src[is_hist] = rows.to(device=flat.device, dtype=torch.int64)  # row-major, as the reference
-    for k, oid in enumerate(out_ids):
-        src[flat == oid] = n_rows + k
-    return src
 
 
 class SpliceFunction(torch.autograd.Function):
