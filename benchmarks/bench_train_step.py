@@ -55,6 +55,9 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="recompute LM layers in the backward (two SmolLM2 ranks fit in 24 GB only with it)",
     )
+    p.add_argument(
+        "--ds-override", help="a DeepSpeed JSON merged over the generated config (DeepSpeedConfig.override)"
+    )
     p.add_argument("--eval-negatives", type=int, default=99, help="the closing validation round")
     p.add_argument("--work", default="runs/bench/train-step")
     p.add_argument("--name", default="train_step")
@@ -75,25 +78,42 @@ def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) ->
     cfg = SRecRunConfig(data=args.data, teacher=args.teacher, out=str(out), llm=LLMConfig(path=args.llm, dtype=args.dtype,
                         activation_checkpointing=args.activation_checkpointing),
                         loop=loop, batch_size=args.batch_size, eval_users=50, eval_negatives=args.eval_negatives,
-                        deepspeed=DeepSpeedConfig(pattern=pattern, stage=stage))  # fmt: skip
+                        deepspeed=DeepSpeedConfig(pattern=pattern, stage=stage, override=args.ds_override))  # fmt: skip
     t0 = time.time()
     ray_cfg = RayConfig(num_workers=workers, name="bench", cpus_per_worker=args.cpus / workers)
     result = fit(cfg, ray_cfg, num_cpus=args.cpus,
                  object_store_memory=int(1e9), include_dashboard=False)  # fmt: skip
     total = time.time() - t0
+    row = step_stats(out / METRICS_FILE, workers, args.batch_size, t0)
+    row = {"pattern": pattern, "workers": workers, "zero_stage": stage, **row, "run_s": total}
     if result.error is not None:
-        raise result.error
-    recs = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines()]
+        if row.get("steps", 0) < 2:
+            raise result.error
+        # Steps were timed before the failure (e.g. in the closing validation round): keep them, say so.
+        row["error"] = (
+            f"after the timed steps: {type(result.error).__name__}: "
+            + str(result.error).strip().splitlines()[0][:160]
+        )
+    return row
+
+
+def step_stats(metrics: Path, workers: int, batch: int, t0: float | None) -> dict:
+    """Step timings from a run's metrics.jsonl (a record per step, averaged over ranks); {} if none."""
+    if not metrics.is_file():
+        return {}
+    recs = [json.loads(x) for x in metrics.read_text().splitlines()]
     steps = [r for r in recs if "train_loss" in r]
+    if not steps:
+        return {}
     gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:])]
     step_s = statistics.median(gaps) if gaps else float("nan")
     timed = sum(gaps) if gaps else float("nan")  # tokens of steps 2..n over their wall time
     tokens = steps[-1]["tokens"] - steps[0]["tokens"] if gaps else float("nan")
     return {
-        "pattern": pattern, "workers": workers, "zero_stage": stage, "steps": len(steps),
-        "batch_per_rank": args.batch_size, "startup_s": steps[0]["time"] - t0, "step_s": step_s,
-        "samples_per_s": workers * args.batch_size / step_s, "tokens_per_step": steps[-1]["tokens"] / len(steps),
-        "tokens_per_s": tokens / timed, "peak_rss_mb_per_rank": steps[-1]["peak_rss_mb"], "run_s": total,
+        "steps": len(steps), "batch_per_rank": batch,
+        "startup_s": steps[0]["time"] - t0 if t0 is not None else None, "step_s": step_s,
+        "samples_per_s": workers * batch / step_s, "tokens_per_step": steps[-1]["tokens"] / len(steps),
+        "tokens_per_s": tokens / timed, "peak_rss_mb_per_rank": steps[-1]["peak_rss_mb"],
     }  # fmt: skip
 
 
@@ -138,6 +158,7 @@ def main() -> None:
                 "steps": args.steps,
                 "llm": args.llm,
                 "activation_checkpointing": args.activation_checkpointing,
+                "ds_override": json.loads(Path(args.ds_override).read_text()) if args.ds_override else None,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -44,7 +44,8 @@ class DeepSpeedConfig:
     overlap_comm: bool = False
     """Stage 3: prefetch the next layer's all-gather during compute (off: gloo deadlocks seen on CPU)."""
     override: str | None = None
-    """Path of a user DeepSpeed JSON deep-merged over the generated one (its keys win)."""
+    """Path of a user DeepSpeed JSON deep-merged over the generated one (its keys win). Made absolute
+    on construction; on a multi-node cluster it must be on storage every node sees."""
 
     def __post_init__(self) -> None:
         if self.pattern not in ("lm-engine", "one-engine"):
@@ -57,8 +58,11 @@ class DeepSpeedConfig:
             raise ConfigError(
                 f"config field 'param_persistence_threshold': must be >= 0, got {self.param_persistence_threshold}"
             )
-        if self.override is not None and not Path(self.override).is_file():
-            raise ConfigError(f"config field 'override': DeepSpeed JSON {self.override} does not exist")
+        if self.override is not None:
+            if not Path(self.override).is_file():
+                raise ConfigError(f"config field 'override': DeepSpeed JSON {self.override} does not exist")
+            # Ray Train workers run in their own working directories: a relative path would not resolve.
+            self.override = str(Path(self.override).resolve())
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

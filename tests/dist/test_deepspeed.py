@@ -41,6 +41,17 @@ def test_config_is_generated_and_overridable(tmp_path: Path) -> None:
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
+def test_override_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train workers run in their own working directories, so a relative override must not reach
+    them as relative (bench_train_step --ds-override did)."""
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    cfg = DeepSpeedConfig(override="ds.json")
+    assert cfg.override == str(tmp_path.resolve() / "ds.json")
+    monkeypatch.chdir("/")
+    assert deepspeed_dict(cfg, micro_batch=1, bf16=False)["zero_optimization"]["stage"] == 3
+
+
 def test_deepspeed_needs_a_process_group(srec_setup, tmp_path: Path) -> None:
     from dist_srec.train.srec_run import train_srec
     from tests.train.test_srec_pipeline import _cfg
