@@ -104,20 +104,32 @@ def user_table(
     transform: Callable[[Batch], Batch] | None = None,
     desc: str = "encode users",
     progress: bool = True,
+    lockstep: bool = False,
 ) -> Tensor:
-    """[U+1, d] user vectors for the selected users of `batches` (other rows zero)."""
+    """[U+1, d] user vectors for the selected users of `batches` (other rows zero).
+
+    A batch without selected users is skipped, unless `lockstep`: then `vec_fn` still runs on its first
+    row and the result is dropped, so every rank calls `vec_fn` once per batch. Ranks read equally many
+    batches, and under ZeRO-3 each call runs LM forwards, whose all-gathers are collectives: a rank
+    skipping one would pair its next collective with another rank's all-gather (a gloo abort seen with
+    SmolLM2 at 50 sparse validation users).
+    """
     table: Tensor | None = None
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         keep = batch["mask"].bool() & torch.from_numpy(selected[batch["user"].numpy()])
-        if not keep.any():
-            continue
+        idle = not keep.any()
+        if idle:
+            if not lockstep:
+                continue
+            keep[0] = True  # a real or repeated (pad) sample: valid input, output dropped
         sub = select_rows(batch, keep)
         if transform is not None:
             sub = transform(sub)
         vecs = vec_fn(sub).float().cpu()
-        if table is None:
+        if table is None:  # under lockstep a rank may hold no selected user: its rows stay zero
             table = torch.zeros(num_users + 1, vecs.shape[1])
-        table[sub["user"]] = vecs
+        if not idle:
+            table[sub["user"]] = vecs
     if table is None:
         raise ValueError("no users were evaluated (empty split or selection)")
     return table

@@ -181,7 +181,8 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
         key = heads_key(m, parts["lm_hash"])  # every rank: heads partitioned by one engine are gathered
         if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
             store_item_table(Path(cfg.out) / "cache", items, key)
-        users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show)
+        users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show,
+                           lockstep=ctx.world_size > 1)  # fmt: skip
         return evaluate_tables(users, items, batches(), proto, user_items=user_items, num_users=cat.num_users)
 
     trainer = Trainer(task, loader, validate, cfg=cfg.loop, ctx=ctx, out_dir=cfg.out, reporter=reporter)

@@ -44,10 +44,13 @@ def ray_cluster():
 
 def _run_cfg(data: Path, teacher: Path, out: Path, cache: Path) -> SRecRunConfig:
     """5 steps (one epoch: 40 samples, 2 ranks x 4), a save every step, validation at the end only;
-    small length buckets so that ranks run different numbers of LM forwards per pass."""
+    small length buckets so that ranks run different numbers of LM forwards per pass; validation
+    batches of 2 users, 10 of 40 selected, so that some batches hold no selected user on one rank
+    and some on the other (ZeRO-3 needs the LM forwards in lockstep all the same)."""
     cfg = _cfg(data, teacher, out, epochs=1, eval_every_steps=0, save_every_steps=1, log_every_steps=1)
     cfg.llm.cache_dir = str(cache)
     cfg.model.max_tokens_per_forward = 96
+    cfg.eval_batch_size = 2
     cfg.deepspeed = DeepSpeedConfig(stage=3)
     return cfg
 
