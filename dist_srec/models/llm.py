@@ -367,9 +367,8 @@ def checkpoint_layers(body: nn.Module) -> int:
     return len(layers)
 
 
-_PASS_KINDS = (
-    4  # graphs per layer under `layers`: plain, prefix, after-prefix, plus one dynamic-shape recompile
-)
+# Graphs per layer under scope `layers`: plain, prompt-head prefix, after a prefix, one dynamic recompile.
+_PASS_KINDS = 4
 
 
 def compile_decoder(body: nn.Module, scope: str) -> int:
