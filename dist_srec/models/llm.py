@@ -92,9 +92,10 @@ class LLMConfig:
     """With `compile_layers`: `layers` compiles each whole decoder layer (norms, rotary, SiLU, residual
     adds). Dynamo specialises such a graph on the layer's slot in the KV cache, so there is one graph per
     layer and pass kind (plain, prompt-head prefix, after a prefix), and the recompile limit is raised to
-    fit them: at torch's default of 8 every layer past the 8th silently ran eager. `parts` compiles only
-    the cache-free submodules (MLP and the two RMSNorms), one graph shared by all layers: a few seconds
-    of compile instead of minutes, fewer fusions."""
+    fit them: at torch's default of 8 every layer past the 8th silently ran eager. That is several
+    hundred graphs for a 30-layer LM in a training step, so many minutes of compiling. `parts` compiles
+    only the cache-free submodules (MLP and the two RMSNorms), one graph shared by all layers: seconds
+    of compile, fewer fusions."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -367,8 +368,10 @@ def checkpoint_layers(body: nn.Module) -> int:
     return len(layers)
 
 
-# Graphs per layer under scope `layers`: plain, prompt-head prefix, after a prefix, one dynamic recompile.
-_PASS_KINDS = 4
+# Graphs per layer under scope `layers`. A training step plus catalog encoding needs more than 4: the
+# two prompt heads differ in length (the cache shape is guarded), with and without a graph, plus dynamic
+# recompiles. At 4 the SmolLM2 whole step hit the limit (120) on its first step. 8 is not yet verified.
+_PASS_KINDS = 8
 
 
 def compile_decoder(body: nn.Module, scope: str) -> int:
