@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import machine, markdown_table, peak_rss_mb, write_results
 from benchmarks.throughput_probe import PhaseTimer, instrumented, matmul_peaks, merge_peaks, op_profile
+from dist_srec.models.llm import COMPILE_SCOPES
 
 PHASES = ["data", "tokenise", "splice", "teacher", "user fwd", "item fwd", "losses", "backward", "optimizer"]
 
@@ -45,7 +46,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile-layers", action="store_true")
-    p.add_argument("--compile-scope", default="layers", choices=["layers", "parts"])
+    p.add_argument("--compile-scope", default="layers", choices=COMPILE_SCOPES)
     p.add_argument("--max-tokens-per-forward", type=int, default=16384)
     p.add_argument("--bucket-max-padding", type=float, default=0.08, help="1.0 = buckets by size only")
     p.add_argument("--no-reuse-prefix", action="store_true", help="run every prompt's constant head")

@@ -154,7 +154,8 @@ class RssSampler:
                     if mb > self.peaks.get(pid, (0.0, ""))[0]:  # Ray retitles a worker per task: key by pid
                         self.peaks[pid] = (mb, cmd.split()[0][:40])
                     top = max(top, mb)
-            used = (psutil.virtual_memory().total - psutil.virtual_memory().available) / 2**20
+            vm = psutil.virtual_memory()
+            used = (vm.total - vm.available) / 2**20
             self.timeline.append([round(time.monotonic() - t0, 1), round(used), round(top)])
             self._stop.wait(self.period_s)
 
