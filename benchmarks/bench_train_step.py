@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -59,6 +60,7 @@ def parse() -> argparse.Namespace:
         "--ds-override", help="a DeepSpeed JSON merged over the generated config (DeepSpeedConfig.override)"
     )
     p.add_argument("--eval-negatives", type=int, default=99, help="the closing validation round")
+    p.add_argument("--mmap-threshold-bytes", type=int, help="SRecRunConfig.mmap_threshold_bytes (less RSS)")
     p.add_argument("--work", default="runs/bench/train-step")
     p.add_argument("--name", default="train_step")
     p.add_argument("--append", action="store_true", help="add rows to benchmarks/results/<name>.json")
@@ -78,6 +80,7 @@ def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) ->
     cfg = SRecRunConfig(data=args.data, teacher=args.teacher, out=str(out), llm=LLMConfig(path=args.llm, dtype=args.dtype,
                         activation_checkpointing=args.activation_checkpointing),
                         loop=loop, batch_size=args.batch_size, eval_users=50, eval_negatives=args.eval_negatives,
+                        mmap_threshold_bytes=args.mmap_threshold_bytes,
                         deepspeed=DeepSpeedConfig(pattern=pattern, stage=stage, override=args.ds_override))  # fmt: skip
     t0 = time.time()
     ray_cfg = RayConfig(num_workers=workers, name="bench", cpus_per_worker=args.cpus / workers)
@@ -121,7 +124,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     settings = {k: v for k, v in vars(args).items()}
     mach = machine()
     cols = ["pattern", "workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
-            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "peak_rss_mb_sampled", "peak_used_mb_node", "error"]  # fmt: skip
+            "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "peak_rss_mb_sampled", "peak_used_mb_node", "lm_dtype", "mmap_threshold_bytes", "error"]  # fmt: skip
     md = "\n".join([
         f"# LLM-SRec train step under Ray Train ({mach['date']})", "",
         f"Settings (of the last invocation; rows may come from several, see the JSON): {json.dumps(settings)}", "",
@@ -139,6 +142,8 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
 
 
 def main() -> None:
+    from dist_srec.models.llm import resolve_dtype
+
     args = parse()
     prior = RESULTS / f"{args.name}.json"
     rows = json.loads(prior.read_text())["rows"] if args.append and prior.is_file() else []
@@ -155,11 +160,19 @@ def main() -> None:
             row["peak_rss_mb_sampled"] = max(row["memory"]["peaks_mb"].values(), default=None)
             row["peak_used_mb_node"] = row["memory"]["peak_used_mb"]
             row["settings"] = {
+                "cpu": machine()["cpu"],
+                "loadavg_after": os.getloadavg(),
+                "lm_dtype": str(resolve_dtype(args.dtype, "cpu")),
+                "mmap_threshold_bytes": args.mmap_threshold_bytes,
                 "steps": args.steps,
                 "llm": args.llm,
                 "activation_checkpointing": args.activation_checkpointing,
                 "ds_override": json.loads(Path(args.ds_override).read_text()) if args.ds_override else None,
             }
+            row["lm_dtype"], row["mmap_threshold_bytes"] = (
+                row["settings"]["lm_dtype"],
+                args.mmap_threshold_bytes,
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(args, rows)  # after every configuration: a killed run keeps what it measured

@@ -45,6 +45,8 @@ def add_srec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every-steps", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--mmap-threshold-bytes", type=int,
+                   help="fix glibc's mmap threshold (e.g. 131072): less host RSS, slower LM passes")  # fmt: skip
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=train_cli)
@@ -93,7 +95,7 @@ def run_config(args: argparse.Namespace) -> Any:
                       compile_scope=args.compile_scope),
         model=LLMSRecConfig(loss=loss, prompts=PromptConfig(title_max_tokens=args.title_max_tokens), seed=args.seed),
         loop=loop, batch_size=args.batch_size, num_workers=args.num_workers, eval_users=args.eval_users,
-        eval_negatives=args.eval_negatives,
+        eval_negatives=args.eval_negatives, mmap_threshold_bytes=args.mmap_threshold_bytes,
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from dist_srec.eval.compare import (
 from dist_srec.eval.protocols import EvalProtocol, result_record, select_users, write_results
 from dist_srec.models.llm import LLMConfig, load_frozen_lm, resolve_llm_path
 from dist_srec.models.srec import LLMSRec, LLMSRecConfig
+from dist_srec.sysmem import check_mmap_threshold, fix_mmap_threshold
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.context import TrainContext
 from dist_srec.train.loop import LoopConfig, Trainer, TrainState
@@ -63,8 +64,15 @@ class SRecRunConfig:
     deepspeed: DeepSpeedConfig | None = None
     """Place the frozen LLM with DeepSpeed (ZeRO stage 0 or 3; needs a process group, e.g. Ray Train
     through `launch/train.py`); None loads it as a plain replicated torch module."""
+    mmap_threshold_bytes: int | None = None
+    """Fix glibc's mmap threshold at this many bytes in every training process (`dist_srec.sysmem`):
+    freed activation and gathered-weight buffers go back to the OS instead of staying resident in the
+    heap. With SmolLM2 on CPU it cut a rank's peak RSS by 28% (stage 0) and 51% (ZeRO-3) but made the
+    LM passes 37% slower (fresh pages fault in on every allocation); so it is off (None) by default,
+    for a run that is short of host memory, e.g. 131072 (`benchmarks/results/lm_memory.md`)."""
 
     def __post_init__(self) -> None:
+        check_mmap_threshold(self.mmap_threshold_bytes)
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}': must be >= 1, got {getattr(self, name)}")
@@ -143,6 +151,7 @@ def item_table(
 def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: Any = None) -> TrainState:
     """Train (or resume) LLM-SRec; every rank calls this with the same config."""
     ctx = ctx or TrainContext.from_env(cfg.device)
+    fix_mmap_threshold(cfg.mmap_threshold_bytes)
     cat = Catalog.load(cfg.data)
     ctx.local_first(lambda: resolve_llm_path(cfg.llm))  # one rank per machine builds a cached copy
     if cfg.deepspeed is not None:
