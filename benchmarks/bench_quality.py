@@ -7,12 +7,15 @@ protocols, plus the history-shuffle diagnostic.
     .venv/bin/python benchmarks/bench_quality.py --variants llm-srec --lr 1e-3 --num-layers 8 \
         --name quality_ml-1m_probes --append          # an investigation probe, next to the others
 
-Resumable at every level, since a full run takes many hours on 2 CPU cores: the data, the teacher and
-each variant's training live in `--work` (default ~/.cache/dist-srec/runs/quality-ml-1m, outside the
-work tree so a later session on the same machine continues it); training saves `last` every
-`--save-every` steps and resumes from it; a finished evaluation is kept in `<variant>/eval.json`.
-After every stage the script rewrites benchmarks/results/quality_ml-1m.{json,md} with what has been
-measured so far, and says which stages are still missing: partial results are labelled as such.
+Resumable at every level, since a full run takes many hours on 2 CPU cores: the data and each
+variant's training live in `--work` (default ~/.cache/dist-srec/runs/quality-ml-1m, outside the work
+tree so a later session on the same machine continues it); training saves `last` every `--save-every`
+steps and resumes from it; a finished evaluation is kept in `<run>/eval.json`. The teacher is the one
+committed in benchmarks/results/quality_ml-1m_teacher (SASRec trained 20 minutes here, valid NDCG@10
+0.597), so rows measured in different sessions and on different machines share it; without that
+directory one is trained in `--work`. After every stage the script rewrites
+benchmarks/results/<name>.{json,md} with what has been measured so far, and says which runs are still
+missing: partial results are labelled as such. Rows from different teachers are refused in one file.
 
 The paper's claim to check: LLM-SRec beats its teacher and its no-distillation ablation.
 """
