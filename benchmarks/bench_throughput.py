@@ -205,16 +205,16 @@ def bench_encode(args: argparse.Namespace, model: Any, cat: Any, shape: Any) -> 
 def bench_eval(args: argparse.Namespace, model: Any, cat: Any, items: Any) -> dict[str, Any]:
     import torch
 
+    from dist_srec.data.loader import rank_loader
     from dist_srec.eval.compare import evaluate_tables, user_table
     from dist_srec.eval.protocols import EvalProtocol, select_users
     from dist_srec.train.context import TrainContext
-    from dist_srec.train.srec_run import _loader
 
     if items.shape[0] != cat.num_items + 1:
         return {"skipped": "needs the whole catalog encoded (--encode-items 0)"}
     user_items = cat.user_items()
     width = int(max(1, (user_items[0][1:] - user_items[0][:-1]).max()))
-    batches = lambda: _loader(cat.root, "test", 16, width, TrainContext(), shuffle=False, remainder="pad")  # noqa: E731
+    batches = lambda: rank_loader(cat.root, "test", 16, width, TrainContext(), shuffle=False, remainder="pad")  # noqa: E731
     selected = select_users(cat.num_users, args.eval_users, args.seed)
     t0 = time.perf_counter()
     users = user_table(model.encode_users, batches(), cat.num_users, selected, progress=False)

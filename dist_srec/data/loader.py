@@ -267,3 +267,12 @@ def _decode(raw: dict, path: Path, n: int) -> dict:
             f"sample '{raw.get('__key__')}' lacks fields {missing}", path=path, row=n, field=missing[0]
         )
     return sample
+
+
+def rank_loader(
+    data: str | Path, split: str, batch_size: int, max_len: int, ctx: Any, **kw: Any
+) -> ShardLoader:
+    """The `ShardLoader` of one rank: `ctx` is anything with `rank` and `world_size` (a `TrainContext`);
+    `kw` are further `LoaderConfig` fields (shuffle, seed, remainder, num_workers, ...)."""
+    cfg = LoaderConfig(batch_size=batch_size, max_len=max_len, **kw)
+    return ShardLoader(data, split, cfg, rank=ctx.rank, world_size=ctx.world_size)

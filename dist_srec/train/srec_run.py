@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dist_srec.config import LoaderConfig
 from dist_srec.data.catalog import Catalog
+from dist_srec.data.loader import rank_loader
 from dist_srec.dist.deepspeed_config import DeepSpeedConfig
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.eval.compare import (
@@ -78,13 +78,6 @@ class SRecRunConfig:
                 raise ConfigError(f"config field '{name}': must be >= 1, got {getattr(self, name)}")
         if self.eval_users < 0:
             raise ConfigError(f"config field 'eval_users': must be >= 0, got {self.eval_users}")
-
-
-def _loader(data: str | Path, split: str, batch_size: int, max_len: int, ctx: TrainContext, **kw: Any) -> Any:
-    from dist_srec.data.loader import ShardLoader
-
-    cfg = LoaderConfig(batch_size=batch_size, max_len=max_len, **kw)
-    return ShardLoader(data, split, cfg, rank=ctx.rank, world_size=ctx.world_size)
 
 
 def build_model(
@@ -165,7 +158,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     task = SRecTask(
         model, identity(**parts, train=train_cfg), deepspeed=cfg.deepspeed, micro_batch=cfg.batch_size
     )
-    loader = _loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
+    loader = rank_loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
     user_items = cat.user_items()
     proto = EvalProtocol(
@@ -182,7 +175,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
         show = cfg.loop.progress and ctx.is_main
 
         def batches() -> Any:
-            return _loader(
+            return rank_loader(
                 cfg.data, "valid", cfg.eval_batch_size, teacher_len, ctx, shuffle=False, remainder="pad"
             )
 
@@ -296,7 +289,7 @@ def evaluate_srec(
     user_items = cat.user_items()
     width = int(max(1, (user_items[0][1:] - user_items[0][:-1]).max()))  # whole histories (exact exclusion)
     ctx = TrainContext()
-    batches = lambda: _loader(cat.root, split, batch_size, width, ctx, shuffle=False, remainder="pad")  # noqa: E731
+    batches = lambda: rank_loader(cat.root, split, batch_size, width, ctx, shuffle=False, remainder="pad")  # noqa: E731
     sha = ckpt_io.model_sha256(ckpt)
     items, cache = catalog_vectors(model, conf, ckpt, cat.num_items, cache_dir, progress)
     teacher = model.teacher

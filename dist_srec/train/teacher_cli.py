@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dist_srec.config import LoaderConfig
+from dist_srec.data.loader import rank_loader
 from dist_srec.eval.metrics import finalize
 from dist_srec.eval.protocols import (
     EvalProtocol,
@@ -34,15 +34,6 @@ from dist_srec.train.checkpoint import model_sha256
 from dist_srec.train.context import TrainContext
 from dist_srec.train.loop import Reporter
 from dist_srec.train.teacher import TeacherTrainConfig, TrainState, load_teacher, train_teacher
-
-
-def _loader(
-    data_dir: str | Path, split: str, batch_size: int, max_len: int, ctx: TrainContext, **kw: Any
-) -> Any:
-    from dist_srec.data.loader import ShardLoader
-
-    cfg = LoaderConfig(batch_size=batch_size, max_len=max_len, **kw)
-    return ShardLoader(data_dir, split, cfg, rank=ctx.rank, world_size=ctx.world_size)
 
 
 def max_history(user_items: UserItems) -> int:
@@ -65,7 +56,7 @@ def evaluate_model(
     ctx = ctx or TrainContext()
     model.eval()
     width = max_history(user_items) if protocol.protocol == "full" else model.cfg.max_len
-    batches = _loader(data_dir, protocol.split, batch_size, width, ctx, shuffle=False, remainder="pad")
+    batches = rank_loader(data_dir, protocol.split, batch_size, width, ctx, shuffle=False, remainder="pad")
     show = progress and ctx.is_main
     if protocol.protocol == "sampled":
         sums = evaluate_sampled(
@@ -111,7 +102,7 @@ def pretrain_teacher(
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         teacher = SASRec(SASRecConfig(num_items=cat.num_items, **(model or {})))
-    train = _loader(
+    train = rank_loader(
         data_dir, "train", cfg.batch_size, teacher.cfg.max_len, ctx, shuffle=True, seed=cfg.seed,
         num_workers=cfg.num_workers, remainder="drop",
     )  # fmt: skip

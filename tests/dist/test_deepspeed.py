@@ -69,7 +69,8 @@ def _steps(
     from dist_srec.models.llm import resolve_llm_path
     from dist_srec.train.loop import LoopConfig, Trainer
     from dist_srec.train.srec import SRecTask
-    from dist_srec.train.srec_run import _loader, build_model
+    from dist_srec.data.loader import rank_loader
+    from dist_srec.train.srec_run import build_model
     from tests.train.test_srec_pipeline import _cfg
 
     cfg = _cfg(Path(data), Path(teacher), Path(out), max_steps=3)
@@ -83,7 +84,7 @@ def _steps(
     )
     ident = {"catalog": {"num_items": cat.num_items}, "llm": {"content_hash": parts["lm_hash"]}}
     task = SRecTask(model, ident, deepspeed=ds, micro_batch=cfg.batch_size)
-    loader = _loader(
+    loader = rank_loader(
         data, "train", cfg.batch_size, 20, ctx, shuffle=True, seed=cfg.loop.seed, remainder="drop"
     )
     losses: list[float] = []

@@ -35,7 +35,8 @@ def _continue(cfg: SRecRunConfig, ckpt: Path, steps: int) -> tuple[list[float], 
     from dist_srec.train.context import TrainContext
     from dist_srec.train.loop import step_generator
     from dist_srec.train.srec import SRecTask
-    from dist_srec.train.srec_run import _loader, build_model
+    from dist_srec.data.loader import rank_loader
+    from dist_srec.train.srec_run import build_model
 
     ck = ckpt_io.load_checkpoint(ckpt)
     epoch, step0 = ck.train_state["epoch"], ck.train_state["global_step"]
@@ -46,7 +47,7 @@ def _continue(cfg: SRecRunConfig, ckpt: Path, steps: int) -> tuple[list[float], 
     opt.load_state_dict(ck.optimizer)
     ranks = []
     for r in range(2):
-        loader = _loader(cfg.data, "train", cfg.batch_size, model.teacher.cfg.max_len,
+        loader = rank_loader(cfg.data, "train", cfg.batch_size, model.teacher.cfg.max_len,
                          TrainContext(rank=r, world_size=2), shuffle=True, seed=cfg.loop.seed, remainder="drop")  # fmt: skip
         loader.set_epoch(epoch)
         ranks.append(iter(loader))

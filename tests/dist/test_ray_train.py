@@ -61,7 +61,8 @@ def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, t
     from dist_srec.train.context import TrainContext
     from dist_srec.train.loop import step_generator
     from dist_srec.train.srec import SRecTask
-    from dist_srec.train.srec_run import _loader, build_model
+    from dist_srec.data.loader import rank_loader
+    from dist_srec.train.srec_run import build_model
 
     cat = Catalog.load(cfg.data)
     model, _ = build_model(cfg.llm, cfg.teacher, cat, cfg.model, torch.device("cpu"))
@@ -69,7 +70,7 @@ def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, t
     task.setup(TrainContext())
     opt = torch.optim.Adam(task.trainable(), lr=cfg.loop.lr, betas=cfg.loop.betas)
     ranks = [
-        iter(_loader(cfg.data, "train", cfg.batch_size, model.teacher.cfg.max_len, TrainContext(rank=r, world_size=2),
+        iter(rank_loader(cfg.data, "train", cfg.batch_size, model.teacher.cfg.max_len, TrainContext(rank=r, world_size=2),
                      shuffle=True, seed=cfg.loop.seed, remainder="drop"))
         for r in range(2)
     ]  # fmt: skip
