@@ -117,7 +117,7 @@ def main() -> None:
         for threshold in args.thresholds.split(","):
             if threshold not in THRESHOLDS:
                 raise SystemExit(f"--thresholds: unknown {threshold!r}; choose from {list(THRESHOLDS)}")
-            argv = [a for a in sys.argv[1:]] + ["--child", json.dumps([stage, threshold])]
+            argv = [*sys.argv[1:], "--child", json.dumps([stage, threshold])]
             res = run_child([str(Path(__file__).resolve()), *argv], env=env)
             runs.append(res)
             ph = res["phases"]

@@ -121,7 +121,7 @@ def step_stats(metrics: Path, workers: int, batch: int, t0: float | None) -> dic
 
 
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
-    settings = {k: v for k, v in vars(args).items()}
+    settings = dict(vars(args))
     mach = machine()
     cols = ["pattern", "workers", "zero_stage", "batch_per_rank", "steps", "startup_s", "step_s", "samples_per_s",
             "tokens_per_step", "tokens_per_s", "peak_rss_mb_per_rank", "peak_rss_mb_sampled", "peak_used_mb_node", "lm_dtype", "mmap_threshold_bytes", "error"]  # fmt: skip
@@ -159,20 +159,16 @@ def main() -> None:
             row["memory"] = mem.summary()
             row["peak_rss_mb_sampled"] = max(row["memory"]["peaks_mb"].values(), default=None)
             row["peak_used_mb_node"] = row["memory"]["peak_used_mb"]
+            row["lm_dtype"] = str(resolve_dtype(args.dtype, "cpu"))  # table columns
+            row["mmap_threshold_bytes"] = args.mmap_threshold_bytes
             row["settings"] = {
                 "cpu": machine()["cpu"],
                 "loadavg_after": os.getloadavg(),
-                "lm_dtype": str(resolve_dtype(args.dtype, "cpu")),
-                "mmap_threshold_bytes": args.mmap_threshold_bytes,
                 "steps": args.steps,
                 "llm": args.llm,
                 "activation_checkpointing": args.activation_checkpointing,
                 "ds_override": json.loads(Path(args.ds_override).read_text()) if args.ds_override else None,
             }
-            row["lm_dtype"], row["mmap_threshold_bytes"] = (
-                row["settings"]["lm_dtype"],
-                args.mmap_threshold_bytes,
-            )
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(args, rows)  # after every configuration: a killed run keeps what it measured

@@ -15,6 +15,7 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -33,3 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(no_gpu)
         if "real_assets" in item.keywords and missing:
             item.add_marker(no_assets)
+
+
+@pytest.fixture(scope="session")
+def srec_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(prepared data dir, teacher checkpoint): a 40-user, 60-item synthetic catalog and a tiny SASRec,
+    built once and shared read-only by the train, serve and distributed tests."""
+    from tests.train.helpers import prepared_catalog, tiny_teacher
+
+    root = tmp_path_factory.mktemp("srec-setup")
+    data = prepared_catalog(root)
+    return data, tiny_teacher(data, root / "teacher")

@@ -54,9 +54,9 @@ def test_override_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_deepspeed_needs_a_process_group(srec_setup, tmp_path: Path) -> None:
     from dist_srec.train.srec_run import train_srec
-    from tests.train.test_srec_pipeline import _cfg
+    from tests.train.helpers import tiny_srec_config
 
-    cfg = _cfg(*srec_setup, tmp_path / "run", max_steps=1)
+    cfg = tiny_srec_config(*srec_setup, tmp_path / "run", max_steps=1)
     cfg.deepspeed = DeepSpeedConfig(stage=3)
     with pytest.raises(ConfigError, match="needs an initialised process group"):
         train_srec(cfg)
@@ -71,9 +71,9 @@ def _steps(
     from dist_srec.train.srec import SRecTask
     from dist_srec.data.loader import rank_loader
     from dist_srec.train.srec_run import build_model
-    from tests.train.test_srec_pipeline import _cfg
+    from tests.train.helpers import tiny_srec_config
 
-    cfg = _cfg(Path(data), Path(teacher), Path(out), max_steps=3)
+    cfg = tiny_srec_config(Path(data), Path(teacher), Path(out), max_steps=3)
     cfg.llm.cache_dir = str(Path(out).parent / "cache")
     cfg.model.max_tokens_per_forward = 64  # ranks' batches fall into different numbers of buckets
     cat = Catalog.load(data)

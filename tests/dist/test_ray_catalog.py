@@ -14,7 +14,7 @@ from dist_srec.dist.ray_catalog import RayCatalogConfig
 from dist_srec.serve.batch import BatchRecConfig, recommend_batch
 from dist_srec.serve.store import StoreLayout, VectorStore
 from dist_srec.serve.worker import ScanConfig
-from tests.serve.helpers import train_tiny
+from tests.train.helpers import train_tiny
 
 pytestmark = pytest.mark.distributed
 

@@ -23,7 +23,7 @@ from dist_srec.dist.deepspeed_config import DeepSpeedConfig
 from dist_srec.dist.ray_train import METRICS_FILE, RayConfig, fit
 from dist_srec.errors import CheckpointError
 from dist_srec.train.srec_run import SRecRunConfig, evaluate_srec, train_srec
-from tests.train.test_srec_pipeline import _cfg
+from tests.train.helpers import tiny_srec_config
 
 pytestmark = pytest.mark.distributed
 
@@ -47,7 +47,7 @@ def _run_cfg(data: Path, teacher: Path, out: Path, cache: Path) -> SRecRunConfig
     small length buckets so that ranks run different numbers of LM forwards per pass; validation
     batches of 2 users, 10 of 40 selected, so that some batches hold no selected user on one rank
     and some on the other (ZeRO-3 needs the LM forwards in lockstep all the same)."""
-    cfg = _cfg(data, teacher, out, epochs=1, eval_every_steps=0, save_every_steps=1, log_every_steps=1)
+    cfg = tiny_srec_config(data, teacher, out, epochs=1, eval_every_steps=0, save_every_steps=1, log_every_steps=1)
     cfg.llm.cache_dir = str(cache)
     cfg.model.max_tokens_per_forward = 96
     cfg.eval_batch_size = 2

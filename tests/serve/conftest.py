@@ -1,4 +1,4 @@
-"""Serving tests: a prepared catalog, a teacher and a tiny trained checkpoint, built once per session."""
+"""Serving tests: a tiny trained checkpoint over the shared catalog and teacher, built once per session."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.helpers import train_tiny
-from tests.train.test_srec_pipeline import _data, _teacher
+from tests.train.helpers import train_tiny
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An LLM-SRec checkpoint (tiny LM) over a 40-user, 60-item synthetic catalog."""
-    root = tmp_path_factory.mktemp("serve")
-    data = _data(root)
-    return train_tiny(data, _teacher(data, root / "teacher"), root / "run")
+def tiny_ckpt(srec_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An LLM-SRec checkpoint (tiny LM) over the 40-user, 60-item synthetic catalog of `srec_setup`."""
+    return train_tiny(*srec_setup, tmp_path_factory.mktemp("serve") / "run")

@@ -10,57 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from dist_srec.cli import main
-from dist_srec.config import PrepareConfig
-from dist_srec.data.prepare import prepare
 from dist_srec.errors import CheckpointError, ConfigError, DataError
 from dist_srec.models.llm import LLMConfig
-from dist_srec.models.srec import LLMSRecConfig
 from dist_srec.recommend import recommend
-from dist_srec.train.loop import LoopConfig
-from dist_srec.train.srec_run import SRecRunConfig, evaluate_srec, train_srec
-from dist_srec.train.teacher import TeacherTrainConfig
-from dist_srec.train.teacher_cli import pretrain_teacher
-from tests.data.synth import write_custom
+from dist_srec.train.srec_run import evaluate_srec, train_srec
+from tests.train.helpers import prepared_catalog, tiny_srec_config, tiny_teacher
 
 HEADS = {"item_proj", "user_out", "item_out", "user_head", "item_head", "teacher_proj"}
 
 
-def _data(root: Path, items: int = 60, seed: int = 0) -> Path:
-    inter, meta = write_custom(root / "raw", users=40, items=items, per_user=(6, 14), seed=seed)
-    out = root / "data"
-    prepare(
-        PrepareConfig(
-            dataset="custom", out=str(out), interactions=str(inter), items=str(meta), progress=False
-        )
-    )
-    return out
-
-
-def _teacher(data: Path, out: Path, negatives: int = 20) -> Path:
-    cfg = TeacherTrainConfig(epochs=1, eval_every=1, progress=False, eval_negatives=negatives, batch_size=16)
-    pretrain_teacher(data, out, model={"hidden": 16, "max_len": 20}, cfg=cfg, final_eval=False)
-    return out / "best"
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("srec")
-    data = _data(root)
-    return data, _teacher(data, root / "teacher")
-
-
-def _cfg(data: Path, teacher: Path, out: Path, **loop) -> SRecRunConfig:
-    loop = {"epochs": 3, "lr": 1e-3, "progress": False, "eval_every_steps": 3, **loop}
-    return SRecRunConfig(
-        data=str(data), teacher=str(teacher), out=str(out), llm=LLMConfig(path="tiny", dtype="float32"),
-        model=LLMSRecConfig(head_hidden=32), loop=LoopConfig(**loop), batch_size=4, eval_users=10,
-        eval_negatives=20,
-    )  # fmt: skip
-
-
-def test_train_writes_heads_only_with_identity(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    data, teacher = setup
-    st = train_srec(_cfg(data, teacher, tmp_path / "run", max_steps=3))
+def test_train_writes_heads_only_with_identity(srec_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, teacher = srec_setup
+    st = train_srec(tiny_srec_config(data, teacher, tmp_path / "run", max_steps=3))
     assert st.stopped == "max_steps" and st.global_step == 3
     best = tmp_path / "run" / "best"
     keys = load_file(best / "model.safetensors").keys()
@@ -75,11 +36,11 @@ def test_train_writes_heads_only_with_identity(setup: tuple[Path, Path], tmp_pat
     assert "ndcg@10" in conf["validation"]
 
 
-def test_resume_matches_an_uninterrupted_run(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    data, teacher = setup
-    train_srec(_cfg(data, teacher, tmp_path / "a", max_steps=6))
-    train_srec(_cfg(data, teacher, tmp_path / "b", max_steps=3))  # stops mid-epoch, cursor saved
-    st = train_srec(_cfg(data, teacher, tmp_path / "b", max_steps=6))  # resumes from b/last
+def test_resume_matches_an_uninterrupted_run(srec_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, teacher = srec_setup
+    train_srec(tiny_srec_config(data, teacher, tmp_path / "a", max_steps=6))
+    train_srec(tiny_srec_config(data, teacher, tmp_path / "b", max_steps=3))  # stops mid-epoch, cursor saved
+    st = train_srec(tiny_srec_config(data, teacher, tmp_path / "b", max_steps=6))  # resumes from b/last
     assert st.global_step == 6
     a = load_file(tmp_path / "a" / "last" / "model.safetensors")
     b = load_file(tmp_path / "b" / "last" / "model.safetensors")
@@ -90,27 +51,27 @@ def test_resume_matches_an_uninterrupted_run(setup: tuple[Path, Path], tmp_path:
     assert sa["loader"] == sb["loader"] and sa["samples"] == sb["samples"]
 
 
-def test_teacher_from_another_catalog_is_refused(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    data, _ = setup
-    other = _data(tmp_path / "other", items=30, seed=3)
-    foreign = _teacher(other, tmp_path / "foreign", negatives=5)
+def test_teacher_from_another_catalog_is_refused(srec_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = srec_setup
+    other = prepared_catalog(tmp_path / "other", items=30, seed=3)
+    foreign = tiny_teacher(other, tmp_path / "foreign", negatives=5)
     with pytest.raises(CheckpointError, match="catalog"):
-        train_srec(_cfg(data, foreign, tmp_path / "run", max_steps=1))
+        train_srec(tiny_srec_config(data, foreign, tmp_path / "run", max_steps=1))
 
 
-def test_bad_llm_path(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    data, teacher = setup
-    cfg = _cfg(data, teacher, tmp_path / "run", max_steps=1)
+def test_bad_llm_path(srec_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, teacher = srec_setup
+    cfg = tiny_srec_config(data, teacher, tmp_path / "run", max_steps=1)
     cfg.llm = LLMConfig(path=str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="does not exist"):
         train_srec(cfg)
 
 
 @pytest.fixture(scope="module")
-def trained(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data, teacher = setup
+def trained(srec_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, teacher = srec_setup
     out = tmp_path_factory.mktemp("trained")
-    train_srec(_cfg(data, teacher, out, max_steps=3))
+    train_srec(tiny_srec_config(data, teacher, out, max_steps=3))
     return out / "best"
 
 
@@ -157,9 +118,9 @@ def test_recommend_known_user_and_titles(trained: Path) -> None:
 
 
 def test_cli_train_evaluate_recommend(
-    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    srec_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data, teacher = setup
+    data, teacher = srec_setup
     run = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--teacher", str(teacher), "--llm", "tiny", "--dtype", "float32",
                "--out", str(run), "--max-steps", "2", "--batch-size", "4", "--eval-users", "5", "--eval-negatives", "20", "--no-progress"])  # fmt: skip

@@ -8,22 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dist_srec.config import PrepareConfig
-from dist_srec.data.prepare import prepare
 from dist_srec.errors import CheckpointError
 from dist_srec.train.teacher_cli import add_teacher_commands, evaluate_teacher
-from tests.data.synth import write_custom
+from tests.train.helpers import prepared_catalog
 
-
-def _prepared(root: Path, items: int = 60, seed: int = 0) -> Path:
-    inter, meta = write_custom(root / "raw", users=50, items=items, per_user=(10, 25), seed=seed)
-    out = root / "data"
-    prepare(
-        PrepareConfig(
-            dataset="custom", out=str(out), interactions=str(inter), items=str(meta), progress=False
-        )
-    )
-    return out
+SIZE = {"users": 50, "per_user": (10, 25)}
 
 
 def _cli(argv: list[str]) -> int:
@@ -34,7 +23,7 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_pretrain_and_evaluate_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data = _prepared(tmp_path)
+    data = prepared_catalog(tmp_path, **SIZE)
     run = tmp_path / "run"
     argv = ["pretrain-teacher", "--data", str(data), "--out", str(run), "--epochs", "2", "--eval-every", "1",
             "--hidden", "16", "--max-len", "20", "--batch-size", "16", "--eval-negatives", "20", "--no-progress"]  # fmt: skip
@@ -63,8 +52,8 @@ def test_pretrain_and_evaluate_from_the_cli(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_checkpoint_from_another_catalog_is_refused(tmp_path: Path) -> None:
-    data = _prepared(tmp_path / "a")
-    other = _prepared(tmp_path / "b", items=45, seed=1)
+    data = prepared_catalog(tmp_path / "a", **SIZE)
+    other = prepared_catalog(tmp_path / "b", **{**SIZE, "items": 45, "seed": 1})
     run = tmp_path / "run"
     argv = ["pretrain-teacher", "--data", str(data), "--out", str(run), "--epochs", "1", "--hidden", "8",
             "--max-len", "10", "--eval-negatives", "10", "--no-progress", "--no-final-eval"]  # fmt: skip

@@ -11,7 +11,7 @@ import torch
 from dist_srec.train.srec import SRecTask
 from dist_srec.train.srec_run import train_srec
 from tests.models.test_srec import NEG, lm, make_batch, make_model  # noqa: F401 (lm is a fixture)
-from tests.train.test_srec_pipeline import _cfg, setup  # noqa: F401 (setup is a fixture)
+from tests.train.helpers import tiny_srec_config
 
 
 def test_count_equals_the_attention_mask_sum(lm) -> None:  # noqa: F811
@@ -30,9 +30,9 @@ def test_count_equals_the_attention_mask_sum(lm) -> None:  # noqa: F811
     assert logs["tokens"] > 0 and logs["tokens"] == float(int(logs["tokens"]))
 
 
-def test_loop_reports_tokens_and_rates(setup, tmp_path: Path) -> None:  # noqa: F811
+def test_loop_reports_tokens_and_rates(srec_setup: tuple[Path, Path], tmp_path: Path) -> None:
     reports: list[dict[str, float]] = []
-    cfg = _cfg(*setup, tmp_path / "run", max_steps=3, log_every_steps=1)
+    cfg = tiny_srec_config(*srec_setup, tmp_path / "run", max_steps=3, log_every_steps=1)
     st = train_srec(cfg, reporter=lambda m, c: reports.append(m) if "train_loss" in m else None)
     assert [r["step"] for r in reports] == [1, 2, 3]
     tokens = [r["tokens"] for r in reports]
