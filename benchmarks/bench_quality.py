@@ -23,6 +23,7 @@ The paper's claim to check: LLM-SRec beats its teacher and its no-distillation a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="the LM's dtype (auto: bf16 where the CPU has it)")
     p.add_argument("--num-negatives", type=int, default=3, help="sampled negatives per user (the paper's 3)")
     p.add_argument("--title-max-tokens", type=int, default=32, help="title budget in tokens")
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        help="weight of the distillation MSE (mean over 128 dims)",
+    )
     p.add_argument("--name", default="quality_ml-1m", help="results file benchmarks/results/<name>")
     p.add_argument("--append", action="store_true", help="keep the rows already in <name>.json")
     p.add_argument("--no-progress", action="store_true")
@@ -77,6 +84,7 @@ def run_name(args: argparse.Namespace, variant: str) -> str:
     tags += [args.dtype] if args.dtype != "auto" else []
     tags += [f"neg{args.num_negatives}"] if args.num_negatives != 3 else []
     tags += [f"title{args.title_max_tokens}"] if args.title_max_tokens != 32 else []
+    tags += [f"dw{args.distill_weight:g}"] if args.distill_weight != 1.0 else []
     return "-".join([variant, *tags])
 
 
@@ -117,7 +125,8 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
     cfg = SRecRunConfig(
         data=str(data), teacher=str(teacher), out=str(out),
         llm=LLMConfig(path=args.llm, num_layers=args.num_layers, dtype=args.dtype),
-        model=LLMSRecConfig(loss=LossConfig(**VARIANTS[name], num_negatives=args.num_negatives),
+        model=LLMSRecConfig(loss=LossConfig(**VARIANTS[name], num_negatives=args.num_negatives,
+                                           distill_weight=args.distill_weight),
                             prompts=PromptConfig(title_max_tokens=args.title_max_tokens), seed=args.seed),
         loop=LoopConfig(epochs=100, lr=args.lr, lr_decay=0.95, max_steps=args.steps, patience=0,
                         eval_every_steps=args.eval_every_steps, save_every_steps=args.save_every,
@@ -127,7 +136,7 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
     t0 = time.perf_counter()
     state = train_srec(cfg)
     train = {"variant": name, "lr": args.lr, "num_layers": args.num_layers, "dtype": args.dtype,
-             "num_negatives": args.num_negatives, "title_max_tokens": args.title_max_tokens,
+             "num_negatives": args.num_negatives, "title_max_tokens": args.title_max_tokens, "distill_weight": args.distill_weight,
              "steps": state.global_step, "stopped": state.stopped, "train_s": round(state.elapsed_s, 1),
              "samples": state.samples, "best_valid_ndcg@10": state.best_metric, "best_step": state.best_step,
              "valid_history": state.history}  # fmt: skip
@@ -197,6 +206,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[s
         ndcg = ours["sampled"]["ndcg@10"]
         claim(f"{name} beats the teacher (sampled NDCG@10)", ndcg, teacher["sampled"]["ndcg@10"])
         twin = "no-distill" + name[len("llm-srec") :]
+        twin = twin if twin in results else re.sub(r"-dw[^-]+", "", twin)  # the weight of no distillation
         if twin in results:
             nd = results[twin]["eval"]["report"]["llm-srec"]["sampled"]["ndcg@10"]
             claim(f"{name} beats {twin} (sampled NDCG@10)", ndcg, nd)
