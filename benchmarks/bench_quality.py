@@ -209,7 +209,9 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[s
         twin = twin if twin in results else re.sub(r"-dw[^-]+", "", twin)  # the weight of no distillation
         if twin in results:
             nd = results[twin]["eval"]["report"]["llm-srec"]["sampled"]["ndcg@10"]
-            claim(f"{name} beats {twin} (sampled NDCG@10)", ndcg, nd)
+            steps = (tr["steps"], results[twin]["train"]["steps"])
+            unequal = f" [not comparable yet: {steps[0]} vs {steps[1]} steps]" if steps[0] != steps[1] else ""
+            claim(f"{name} beats {twin} (sampled NDCG@10){unequal}", ndcg, nd)
     lines += ["", "Paper claims checked (same settings, same users):"]
     lines += [
         f"- {k}: {c['holds']} ({c['diff']:+.3f}, {'beyond' if c['beyond_noise'] else 'within'} noise)"
