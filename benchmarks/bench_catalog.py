@@ -40,11 +40,11 @@ def synthetic_store(root: Path, n: int, seed: int = 0) -> Path:
     """A finished fp16 store of n random unit-norm vectors, written shard by shard (reused if present)."""
     import torch
 
-    from dist_srec.serve.encode import prepare_store
-    from dist_srec.serve.store import StoreIdentity, StoreLayout, VectorStore, finalize, write_shard
+    from dist_srec.data.item_vectors import StoreIdentity, StoreLayout, VectorStore, finalize, write_shard
+    from dist_srec.inference.encode import prepare_store
 
     fake = f"synthetic-{n}-{seed}"
-    ident = StoreIdentity(checkpoint_sha256=fake, heads_key=fake, lm_content_hash=fake, data_manifest_sha256=fake,
+    ident = StoreIdentity(heads_key=fake, teacher_sha256=fake, model_config_sha256=fake, lm_content_hash=fake, data_manifest_sha256=fake,
                           num_items=n, dim=DIM)  # fmt: skip
     manifest, pending = prepare_store(root, ident, StoreLayout(dtype="float16", shard_rows=SHARD_ROWS))
     for s in pending:
@@ -73,8 +73,8 @@ def _rss_mb(field: str = "VmHWM") -> float:
 def _child_topk(store: str, users: int, k: int, chunk_items: int, topk_users: int, repeats: int) -> dict:
     import torch
 
+    from dist_srec.data.item_vectors import VectorStore
     from dist_srec.eval.ranking import Exclusion, chunked_topk
-    from dist_srec.serve.store import VectorStore
 
     st = VectorStore(store)
     g = torch.Generator().manual_seed(1)
@@ -96,10 +96,10 @@ def _child_real(a: dict) -> list[dict]:
     import numpy as np
     import torch
 
-    from dist_srec.serve.batch import CatalogJobConfig, LocalRunner, ensure_store
-    from dist_srec.serve.encode import checkpoint_identity
-    from dist_srec.serve.store import StoreLayout
-    from dist_srec.serve.worker import CatalogWorker, ScanConfig
+    from dist_srec.data.item_vectors import StoreLayout
+    from dist_srec.inference.batch_jobs import CatalogJobConfig, LocalRunner, ensure_store
+    from dist_srec.inference.encode import checkpoint_identity
+    from dist_srec.inference.worker import CatalogWorker, ScanConfig
 
     scan = ScanConfig(batch_items=a["batch_items"], chunk_items=a["chunk_items"], topk_users=a["topk_users"])
     ident = checkpoint_identity(a["ckpt"], a["data"])

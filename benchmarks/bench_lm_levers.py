@@ -49,7 +49,8 @@ def main() -> None:
     args = parse()
     import torch
 
-    from dist_srec.models.llm import LLMConfig, load_frozen_lm
+    from dist_srec.models.frozen_lm import load_frozen_lm
+    from dist_srec.models.lm_config import LLMConfig
 
     kw = {"path": args.llm, "num_layers": args.layers or None}
     names = [v for v in args.variants.split(",") if v]

@@ -1,11 +1,11 @@
 """Per-rank host memory of the frozen LM's training passes: DeepSpeed ZeRO stage 0 vs 3, with glibc's
-dynamic mmap threshold vs a fixed one (`SRecRunConfig.mmap_threshold_bytes`, `dist_srec.sysmem`).
+dynamic mmap threshold vs a fixed one (`SRecRunConfig.mmap_threshold_bytes`, `dist_srec.train.sysmem`).
 
     .venv/bin/python benchmarks/bench_lm_memory.py                      # SmolLM2, every config
     .venv/bin/python benchmarks/bench_lm_memory.py --llm tiny --passes 1 --name _scratch/lm_memory
 
 Each configuration is a fresh process at world size 1 (a gloo process group of one, no Ray): it loads
-the LM through `dist_srec.dist.engine.load_lm_deepspeed` (stage 3: partitioned under zero.Init, the
+the LM through `dist_srec.parallel.lm_engine.load_lm_deepspeed` (stage 3: partitioned under zero.Init, the
 engine's gather hooks on every layer), then runs `--passes` forward + input-gradient backward passes of
 random inputs [batch, tokens, H] in the LM's dtype, as a training step's user pass does. A thread
 samples the process's RSS every 50 ms; each phase reports the RSS at its end and the peak within it.
@@ -53,10 +53,10 @@ def child(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from dist_srec.dist.deepspeed_config import DeepSpeedConfig
-    from dist_srec.dist.engine import init_deepspeed_distributed, load_lm_deepspeed
-    from dist_srec.models.llm import LLMConfig
-    from dist_srec.sysmem import fix_mmap_threshold
+    from dist_srec.models.lm_config import LLMConfig
+    from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
+    from dist_srec.parallel.lm_engine import init_deepspeed_distributed, load_lm_deepspeed
+    from dist_srec.train.sysmem import fix_mmap_threshold
 
     stage, threshold = json.loads(args.child)
     applied = fix_mmap_threshold(THRESHOLDS[threshold])

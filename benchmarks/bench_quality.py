@@ -97,29 +97,29 @@ def teacher_ckpt(args: argparse.Namespace, data: Path) -> Path:
     if (TEACHER / "model.safetensors").is_file():
         return TEACHER
     from dist_srec.io import read_json
-    from dist_srec.train.teacher import TeacherTrainConfig
-    from dist_srec.train.teacher_cli import pretrain_teacher
+    from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
     out = Path(args.work) / "teacher"
     state = out / "last" / "train_state.json"
     if (out / "best").is_dir() and state.is_file() and read_json(state)["train_state"].get("stopped"):
         return out / "best"
-    cfg = TeacherTrainConfig(epochs=400, eval_every=5, patience=6, time_budget_s=args.teacher_budget_min * 60,
-                             seed=args.seed, progress=not args.no_progress)  # fmt: skip
-    pretrain_teacher(data, out, cfg=cfg, final_eval=False)
+    loop = teacher_loop(epochs=400, eval_every_epochs=5, patience=6, time_budget_s=args.teacher_budget_min * 60,
+                        seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    pretrain_teacher(data, out, cfg=TeacherTrainConfig(loop=loop))
     return out / "best"
 
 
 def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) -> dict[str, Any]:
     """Train (or resume) one variant, then evaluate its best checkpoint (or reuse that evaluation)."""
+    from dist_srec.inference.evaluate import evaluate_srec
     from dist_srec.io import read_json, write_json_atomic
-    from dist_srec.losses import LossConfig
-    from dist_srec.models.llm import LLMConfig
-    from dist_srec.models.srec import LLMSRecConfig
-    from dist_srec.prompts import PromptConfig
+    from dist_srec.models.llmsrec import LLMSRecConfig
+    from dist_srec.models.lm_config import LLMConfig
+    from dist_srec.models.losses import LossConfig
+    from dist_srec.models.prompts import PromptConfig
     from dist_srec.train import checkpoint as ckpt_io
     from dist_srec.train.loop import LoopConfig
-    from dist_srec.train.srec_run import SRecRunConfig, evaluate_srec, train_srec
+    from dist_srec.train.srec_train import SRecRunConfig, train_srec
 
     out = Path(args.work) / run_name(args, name)
     cfg = SRecRunConfig(
@@ -160,7 +160,7 @@ def _teacher_sha(res: dict[str, Any]) -> str:
 
 def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[str]) -> None:
     """Rewrite benchmarks/results/<name>.{json,md} from `results` (run name -> train + eval)."""
-    from dist_srec.models.llm import resolve_dtype
+    from dist_srec.models.lm_config import resolve_dtype
 
     teachers = {_teacher_sha(res): res["eval"]["report"]["sasrec"] for res in results.values()}
     if len(teachers) > 1:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import machine, markdown_table, write_results
 
-# Published SASRec on ML-1M (see ../shared/ASSETS.md) and the bar this project sets for the teacher.
+# Published SASRec on ML-1M (Kang & McAuley 2018; sampled protocol) and the bar this project sets for the teacher.
 PUBLISHED = {"sampled": {"ndcg@10": 0.59, "hr@10": 0.82}, "full": {"ndcg@10": 0.16, "hr@10": 0.285}}
 TARGET = {"sampled": 0.55, "full": 0.15}
 
@@ -57,19 +57,21 @@ def run(args: argparse.Namespace, data: Path, run_dir: Path) -> tuple[object, li
     """Prepare (or reuse) the data, train (or resume) under the budget, evaluate OUT/best on test."""
     from dist_srec.config import PrepareConfig
     from dist_srec.data.prepare import prepare
-    from dist_srec.train.teacher import TeacherTrainConfig
-    from dist_srec.train.teacher_cli import evaluate_teacher, pretrain_teacher
+    from dist_srec.inference.evaluate import evaluate_teacher
+    from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
     t0 = time.perf_counter()
     prepare(PrepareConfig(dataset=args.dataset, out=str(data), progress=not args.no_progress))
     prep_s = time.perf_counter() - t0
-    cfg = TeacherTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience,
-        seed=args.seed, time_budget_s=args.budget_min * 60, progress=not args.no_progress, loss=args.loss,
-        num_negatives=args.num_negatives,
+    loop = teacher_loop(
+        epochs=args.epochs, eval_every_epochs=args.eval_every, patience=args.patience, seed=args.seed,
+        time_budget_s=args.budget_min * 60, progress=not args.no_progress,
     )  # fmt: skip
+    cfg = TeacherTrainConfig(
+        loop=loop, batch_size=args.batch_size, loss=args.loss, num_negatives=args.num_negatives
+    )
     t0 = time.perf_counter()
-    state = pretrain_teacher(data, run_dir, model=model_overrides(args), cfg=cfg, final_eval=False)
+    state = pretrain_teacher(data, run_dir, model=model_overrides(args), cfg=cfg)
     wall_train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = run_dir / "results.json"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import machine, markdown_table, peak_rss_mb, write_results
 from benchmarks.throughput_probe import PhaseTimer, instrumented, matmul_peaks, merge_peaks, op_profile
-from dist_srec.models.llm import COMPILE_SCOPES
+from dist_srec.models.lm_config import COMPILE_SCOPES
 
 PHASES = ["data", "tokenise", "splice", "teacher", "user fwd", "item fwd", "losses", "backward", "optimizer"]
 
@@ -67,8 +67,7 @@ def inputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """The data dir and teacher checkpoint: given, or built once under --work."""
     from dist_srec.config import PrepareConfig
     from dist_srec.data.prepare import prepare
-    from dist_srec.train.teacher import TeacherTrainConfig
-    from dist_srec.train.teacher_cli import pretrain_teacher
+    from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
     work = Path(args.work)
     data = Path(args.data) if args.data else work / f"data-{args.dataset}"
@@ -78,8 +77,8 @@ def inputs(args: argparse.Namespace) -> tuple[Path, Path]:
         return data, Path(args.teacher)
     teacher = work / f"teacher-{data.name}"
     if not (teacher / "best").is_dir():  # throughput does not depend on the teacher's quality
-        pretrain_teacher(data, teacher, cfg=TeacherTrainConfig(epochs=1, eval_every=1, progress=False),
-                         final_eval=False)  # fmt: skip
+        cfg = TeacherTrainConfig(loop=teacher_loop(epochs=1, eval_every_epochs=1, progress=False))
+        pretrain_teacher(data, teacher, cfg=cfg)
     return data, teacher / "best"
 
 
@@ -87,9 +86,9 @@ def build(args: argparse.Namespace, data: Path, teacher: Path) -> tuple[Any, Any
     import torch
 
     from dist_srec.data.catalog import Catalog
-    from dist_srec.models.llm import LLMConfig
-    from dist_srec.models.srec import LLMSRecConfig
-    from dist_srec.train.srec_run import build_model
+    from dist_srec.models.llmsrec import LLMSRecConfig
+    from dist_srec.models.lm_config import LLMConfig
+    from dist_srec.train.srec_build import build_model
 
     torch.manual_seed(args.seed)
     cat = Catalog.load(data)
@@ -144,7 +143,7 @@ def bench_step(args: argparse.Namespace, model: Any, cat: Any, shape: Any) -> di
 
     from dist_srec.config import LoaderConfig
     from dist_srec.data.loader import ShardLoader
-    from dist_srec.train.srec import SRecTask
+    from dist_srec.train.srec_task import SRecTask
 
     task = SRecTask(model, {"catalog": {"num_items": cat.num_items}})
     opt = torch.optim.Adam(task.trainable(), lr=1e-4, betas=(0.9, 0.98))
@@ -184,7 +183,7 @@ def bench_step(args: argparse.Namespace, model: Any, cat: Any, shape: Any) -> di
 
 
 def bench_encode(args: argparse.Namespace, model: Any, cat: Any, shape: Any) -> tuple[dict[str, Any], Any]:
-    from dist_srec.eval.compare import encode_catalog
+    from dist_srec.eval.tables import encode_catalog
 
     n = args.encode_items or cat.num_items
     timer = PhaseTimer()
@@ -206,9 +205,9 @@ def bench_eval(args: argparse.Namespace, model: Any, cat: Any, items: Any) -> di
     import torch
 
     from dist_srec.data.loader import rank_loader
-    from dist_srec.eval.compare import evaluate_tables, user_table
     from dist_srec.eval.protocols import EvalProtocol, select_users
-    from dist_srec.train.context import TrainContext
+    from dist_srec.eval.tables import evaluate_tables, user_table
+    from dist_srec.parallel.context import TrainContext
 
     if items.shape[0] != cat.num_items + 1:
         return {"skipped": "needs the whole catalog encoded (--encode-items 0)"}

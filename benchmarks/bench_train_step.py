@@ -1,7 +1,7 @@
 """LLM-SRec training step under Ray Train: 1 vs 2 workers, DeepSpeed ZeRO stage 0 vs 3, and the two
 placement patterns (`DeepSpeedConfig.pattern`): "lm-engine" (the LLM alone in an engine, the heads'
 gradients averaged by the task and stepped by the loop's Adam) vs "one-engine" (one engine over LLM +
-heads owning Adam; `dist_srec/dist/one_engine.py`).
+heads owning Adam; `dist_srec/parallel/one_engine.py`).
 
     .venv/bin/python benchmarks/bench_train_step.py --data runs/bench/data-ml-100k \\
         --teacher runs/bench/teacher-ml-100k/best --llm smollm2 --steps 8 --patterns lm-engine,one-engine
@@ -68,11 +68,11 @@ def parse() -> argparse.Namespace:
 
 
 def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) -> dict:
-    from dist_srec.dist.deepspeed_config import DeepSpeedConfig
-    from dist_srec.dist.ray_train import METRICS_FILE, RayConfig, fit
-    from dist_srec.models.llm import LLMConfig
+    from dist_srec.cluster.ray_train import METRICS_FILE, RayConfig, fit
+    from dist_srec.models.lm_config import LLMConfig
+    from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
     from dist_srec.train.loop import LoopConfig
-    from dist_srec.train.srec_run import SRecRunConfig
+    from dist_srec.train.srec_train import SRecRunConfig
 
     out = Path(args.work) / f"{pattern}-w{workers}-s{stage}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: no resume
@@ -142,7 +142,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from dist_srec.models.llm import resolve_dtype
+    from dist_srec.models.lm_config import resolve_dtype
 
     args = parse()
     prior = RESULTS / f"{args.name}.json"

@@ -109,9 +109,9 @@ class PhaseTimer:
 @contextmanager
 def instrumented(model: Any, timer: PhaseTimer) -> Iterator[PhaseTimer]:
     """Wrap LLM-SRec's functions with `timer` for the duration of the block, then restore them."""
-    import dist_srec.models.srec as srec_mod
-    import dist_srec.train.srec as task_mod
-    from dist_srec.prompts import PromptRows
+    import dist_srec.models.llmsrec as srec_mod
+    import dist_srec.train.srec_task as task_mod
+    from dist_srec.models.prompts import PromptRows
 
     orig_pack = PromptRows.pack
 

@@ -1,5 +1,5 @@
 import sys
 
-from dist_srec.cli import main
+from dist_srec.cli.main import main
 
 sys.exit(main())

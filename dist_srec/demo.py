@@ -22,7 +22,16 @@ from pathlib import Path
 
 from dist_srec.config import PrepareConfig
 from dist_srec.data.prepare import prepare, summary
+from dist_srec.eval.compare import format_report
+from dist_srec.inference.evaluate import evaluate_srec
+from dist_srec.inference.load import load_srec
+from dist_srec.inference.recommend import recommend
 from dist_srec.io import read_json, write_json_atomic
+from dist_srec.models.lm_config import LLMConfig
+from dist_srec.train import checkpoint as ckpt_io
+from dist_srec.train.loop import LoopConfig
+from dist_srec.train.srec_train import SRecRunConfig, train_srec
+from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
 TEACHER_BUDGET_S = 150.0
 SREC_BUDGET_S = 420.0
@@ -36,14 +45,6 @@ def _stage(i: int, text: str) -> None:
 
 def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
     """Run the stages above into `out`; `fast` shrinks every budget (and `llm="tiny"` makes it a smoke run)."""
-    from dist_srec.models.llm import LLMConfig
-    from dist_srec.recommend import recommend
-    from dist_srec.train import checkpoint as ckpt_io
-    from dist_srec.train.loop import LoopConfig
-    from dist_srec.train.srec_cli import format_report
-    from dist_srec.train.srec_run import SRecRunConfig, evaluate_srec, train_srec
-    from dist_srec.train.teacher import TeacherTrainConfig
-    from dist_srec.train.teacher_cli import pretrain_teacher
 
     root = Path(out)
     _stage(1, "prepare ML-100K (recbole package files)")
@@ -51,11 +52,11 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
     print(summary(manifest))
 
     _stage(2, f"pre-train the SASRec teacher (up to {TEACHER_BUDGET_S:.0f} s)")
-    tcfg = TeacherTrainConfig(
-        epochs=3 if fast else 200, eval_every=1 if fast else 10, patience=3,
+    tloop = teacher_loop(
+        epochs=3 if fast else 200, eval_every_epochs=1 if fast else 10, patience=3,
         time_budget_s=10 if fast else TEACHER_BUDGET_S,
     )  # fmt: skip
-    tstate = pretrain_teacher(root / "data", root / "teacher", cfg=tcfg, final_eval=False)
+    tstate = pretrain_teacher(root / "data", root / "teacher", cfg=TeacherTrainConfig(loop=tloop))
     print(f"teacher: {tstate.epoch} epochs ({tstate.stopped}), best valid NDCG@10 {tstate.best_metric:.4f}")
 
     _stage(3, f"train LLM-SRec with {llm} (up to {SREC_BUDGET_S:.0f} s of steps, then validation)")
@@ -85,7 +86,6 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
     _stage(5, "results")
     print(format_report(doc["report"]))
     print("(sampled: target + 99 unseen items; full: all items; ties count against the target)")
-    from dist_srec.train.srec_run import load_srec
 
     loaded = load_srec(ckpt)
     for user in loaded[2].user_keys[1:3]:

@@ -1,4 +1,4 @@
-"""The one rule for choosing an op's Triton path (see ../shared/STACK.md, "Triton on CPU").
+"""The one rule for choosing an op's Triton path (Triton runs on CPU only under `TRITON_INTERPRET=1`).
 
 Every op's `__init__.py` asks `use_triton(tensor)` and imports its `triton_impl` only when the answer is
 yes, so the package imports and runs without triton installed.
@@ -67,6 +67,7 @@ def triton_available() -> bool:
     try:
         if importlib.util.find_spec("triton") is None:
             return False
+        # deferred: triton is optional and must load after TRITON_INTERPRET is set
         import triton  # noqa: F401
     except ImportError:
         return False
@@ -82,8 +83,10 @@ def triton_interpreting() -> bool:
     """True if the imported triton runs kernels in its CPU interpreter (it was imported with it on)."""
     if not triton_available():
         return False
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
+    import triton.language as tl  # deferred: triton is optional and must load after TRITON_INTERPRET is set
+    from triton.runtime.interpreter import (
+        InterpretedFunction,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
+    )
 
     return isinstance(tl.sum, InterpretedFunction)
 

@@ -28,7 +28,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dist_srec.dist.submit import SubmitConfig, follow_logs, submit, wait
+from dist_srec.cluster.submit import SubmitConfig, follow_logs, submit, wait
 
 REPO = Path(__file__).resolve().parents[1]
 

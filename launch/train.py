@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from dist_srec.cli import main
+from dist_srec.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["launch", *sys.argv[1:]]))

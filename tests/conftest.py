@@ -1,4 +1,4 @@
-"""Test-wide settings: CPU-safe environment (see ../shared/STACK.md) and shared fixtures."""
+"""Test-wide settings: CPU-safe environment (as `make test` sets it) and shared fixtures."""
 
 from __future__ import annotations
 

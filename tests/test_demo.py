@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_srec.cli import main
+from dist_srec.cli.main import main
 
 
 @pytest.mark.real_assets

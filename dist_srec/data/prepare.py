@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from dist_srec.assets import movielens_files
 from dist_srec.config import PrepareConfig
 from dist_srec.data.catalog import SPLITS, TIE_BREAK, build_catalog, now_iso, write_catalog
 from dist_srec.data.shards import FORMAT, write_shards
@@ -34,8 +35,6 @@ def _config_key(cfg: PrepareConfig) -> dict:
 
 def _source_files(cfg: PrepareConfig) -> list[Path]:
     if cfg.dataset in ("ml-100k", "ml-1m"):
-        from dist_srec.assets import movielens_files
-
         return list(movielens_files(cfg.dataset))
     return [Path(cfg.interactions), Path(cfg.items)]
 

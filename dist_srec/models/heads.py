@@ -73,7 +73,7 @@ class LLMSRecHeads(nn.Module):
     def out_vectors(self) -> Tensor:
         """[2, H]: row 0 replaces [UserOut], row 1 replaces [ItemOut].
 
-        Under one ZeRO-3 engine over the LM and the heads (`dist_srec.dist.one_engine`) the engine's
+        Under one ZeRO-3 engine over the LM and the heads (`dist_srec.parallel.one_engine`) the engine's
         forward gathers these two (registered as its external parameters); outside it (evaluation,
         without gradients) they are gathered here, a collective every rank makes at the same point."""
         vectors = [self.user_out, self.item_out]

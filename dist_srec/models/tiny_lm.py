@@ -28,8 +28,14 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
     Deterministic; every byte is in the alphabet, so any text tokenises (no unknown tokens).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # deferred: only the tiny debug LM trains a tokenizer
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers takes seconds to import
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -46,7 +52,7 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
 def build_tiny_lm(hidden_size: int = 64, num_layers: int = 2, seed: int = 0, vocab_size: int = 512):
     """(LlamaForCausalLM, tokenizer): a random Llama of `num_layers` layers and width `hidden_size`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # deferred: transformers takes seconds to import
 
     tokenizer = build_tiny_tokenizer(vocab_size)
     config = LlamaConfig(

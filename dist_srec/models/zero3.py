@@ -24,7 +24,7 @@ def gathered(params: Iterable[Tensor], modifier_rank: int | None = None) -> Iter
     if not part:
         yield
         return
-    import deepspeed
+    import deepspeed  # deferred: DeepSpeed probes the accelerator on import and takes seconds
 
     with deepspeed.zero.GatheredParameters(part, modifier_rank=modifier_rank):
         yield

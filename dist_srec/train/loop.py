@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from dist_srec.config import check
 from dist_srec.errors import CheckpointError, ConfigError
+from dist_srec.parallel.context import TrainContext
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.context import TrainContext
 from dist_srec.train.stepper import Stepper, TorchStepper
 
 

@@ -9,7 +9,7 @@
 
 `TorchStepper` is the default: a torch optimizer, plus the task's `sync_grads` hook when the task
 averages gradients itself. A task may return another one from `make_stepper(optimizer)`, e.g. a
-DeepSpeed engine that owns the optimizer (`dist_srec.dist.one_engine`).
+DeepSpeed engine that owns the optimizer (`dist_srec.parallel.one_engine`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ h_l the model's output at position l and E the item table,
            (+ l2_emb * ||E||_F)
 
 optimised with Adam(lr 1e-3, betas (0.9, 0.98)), no lr decay. Validation (sampled NDCG@10 on the
-valid split by default) runs every `eval_every` epochs and once at the end; training stops after
+valid split by default) runs every `loop.eval_every_epochs` epochs and once at the end; training stops after
 `patience` rounds without improvement, or once `time_budget_s` is spent. Rank 0 writes `out/best`
 (the teacher: model.safetensors + config.json) and `out/last` (plus optimizer, RNG, progress and the
 data cursor of every rank); a run restarted with the same `out` resumes from `out/last`.
@@ -24,7 +24,7 @@ with negatives equal to p_l masked out.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,16 @@ import torch
 from torch import Tensor
 
 from dist_srec.config import check
+from dist_srec.data.catalog import Catalog
+from dist_srec.data.loader import rank_loader
 from dist_srec.errors import CheckpointError
+from dist_srec.eval.protocols import (
+    EvalProtocol,
+)
+from dist_srec.eval.teacher_eval import evaluate_model
 from dist_srec.models.sasrec import SASRec, SASRecConfig
+from dist_srec.parallel.context import TrainContext
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.context import TrainContext
 from dist_srec.train.loop import BatchLoader, LoopConfig, Reporter, Trainer, TrainState
 from dist_srec.train.teacher_loss import sampled_softmax_loss, teacher_loss
 
@@ -45,47 +51,45 @@ CHECKPOINT_FORMAT = "dist-srec/sasrec-teacher"
 CHECKPOINT_VERSION = 1
 
 
+TEACHER_LOOP_DEFAULTS: dict[str, Any] = {
+    "epochs": 200, "lr": 1e-3, "betas": (0.9, 0.98), "eval_every_epochs": 20, "patience": 5,
+}  # fmt: skip
+"""Where the teacher's loop differs from `LoopConfig`'s defaults (the reference's settings): Adam(lr 1e-3,
+betas (0.9, 0.98)), no lr decay, up to 200 epochs, validation every 20 epochs, early stop after 5 rounds
+without gain."""
+
+
+def teacher_loop(**overrides: Any) -> LoopConfig:
+    """The teacher's `LoopConfig`: `TEACHER_LOOP_DEFAULTS` with `overrides` on top."""
+    return LoopConfig(**{**TEACHER_LOOP_DEFAULTS, **overrides})
+
+
 @dataclass(kw_only=True)
 class TeacherTrainConfig:
-    """`dist-srec pretrain-teacher`: optimisation, validation and checkpointing of the teacher."""
+    """`dist-srec pretrain-teacher`: the loop (optimisation, validation cadence, checkpoints) plus what
+    is the teacher's own: batch, objective and validation set. LLM-SRec's `SRecRunConfig` nests the same
+    `LoopConfig`."""
 
-    epochs: int = 200
+    loop: LoopConfig = field(default_factory=teacher_loop)
     batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
     loss: str = "bce"
     """"bce" (the reference: one negative per position) or "sampled_softmax" (K shared negatives)."""
     num_negatives: int = 128
     """K for `loss="sampled_softmax"` (ignored by "bce")."""
     l2_emb: float = 0.0
     """Weight of ||E||_F added to the loss (the reference's --l2_emb; 0 there by default)."""
-    eval_every: int = 20
-    """Epochs between validation rounds (and best-checkpoint updates)."""
-    patience: int = 5
-    """Validation rounds without improvement before stopping early (0 = never stop early)."""
-    select_metric: str = "ndcg@10"
     eval_users: int = 10000
     """Validation users (seeded subset; 0 = all), as the papers' 10,000."""
     eval_negatives: int = 99
     """Sampled negatives per validation user (the papers: 99)."""
     eval_batch_size: int = 256
     num_workers: int = 0
-    seed: int = 42
-    time_budget_s: float = 0.0
-    """Stop once this much training time has been spent (0 = no budget); the end state is validated."""
-    save_every_steps: int = 0
-    """Also write `last` every this many steps (0 = at epoch ends only)."""
-    resume: bool = True
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "eval_negatives"):
+        for name in ("batch_size", "eval_batch_size", "eval_negatives"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "eval_users", "num_workers", "save_every_steps"):
+        for name in ("eval_users", "num_workers"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", f"bad {self.betas}")
         check(self.l2_emb >= 0, "l2_emb", f"must be >= 0, got {self.l2_emb}")
         check(
             self.loss in ("bce", "sampled_softmax"),
@@ -93,7 +97,6 @@ class TeacherTrainConfig:
             f"must be 'bce' or 'sampled_softmax', got {self.loss!r}",
         )
         check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
-        check(self.time_budget_s >= 0, "time_budget_s", f"must be >= 0, got {self.time_budget_s}")
 
 
 def check_teacher_config(
@@ -193,15 +196,6 @@ class TeacherTask:
             raise CheckpointError(f"{path} holds a teacher with config {asdict(cfg)}, not {asdict(mine)}")
 
 
-def loop_config(cfg: TeacherTrainConfig) -> LoopConfig:
-    """The loop's share of a `TeacherTrainConfig` (no lr decay: the reference has none)."""
-    return LoopConfig(
-        epochs=cfg.epochs, lr=cfg.lr, betas=cfg.betas, eval_every_epochs=cfg.eval_every, patience=cfg.patience,
-        select_metric=cfg.select_metric, time_budget_s=cfg.time_budget_s, save_every_steps=cfg.save_every_steps,
-        seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
-    )  # fmt: skip
-
-
 def train_teacher(
     model: SASRec,
     loader: BatchLoader,
@@ -219,7 +213,58 @@ def train_teacher(
     """
     task = TeacherTask(model, cfg, meta)
     trainer = Trainer(
-        task, loader, lambda t: validate(t.model), cfg=loop_config(cfg), ctx=ctx or TrainContext(),
+        task, loader, lambda t: validate(t.model), cfg=cfg.loop, ctx=ctx or TrainContext(),
         out_dir=out_dir, reporter=reporter,
     )  # fmt: skip
     return trainer.fit()
+
+
+def pretrain_teacher(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model: dict[str, Any] | None = None,
+    cfg: TeacherTrainConfig | None = None,
+    ctx: TrainContext | None = None,
+    reporter: Reporter | None = None,
+) -> TrainState:
+    """Train (or resume) the teacher on a prepared data dir; every rank calls this. OUT/best is the
+    teacher; `dist_srec.inference.evaluate.evaluate_teacher_run` evaluates it on test afterwards.
+
+    `reporter` is passed to the loop (e.g. `ray.train.report` under Ray Train).
+    """
+
+    cfg, ctx = cfg or TeacherTrainConfig(), ctx or TrainContext()
+    cat = Catalog.load(data_dir)
+    user_items = cat.user_items()
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
+        teacher = SASRec(SASRecConfig(num_items=cat.num_items, **(model or {})))
+    train = rank_loader(
+        data_dir, "train", cfg.batch_size, teacher.cfg.max_len, ctx, shuffle=True, seed=cfg.loop.seed,
+        num_workers=cfg.num_workers, remainder="drop",
+    )  # fmt: skip
+    valid = EvalProtocol(
+        protocol="sampled",
+        split="valid",
+        seed=cfg.loop.seed,
+        num_users=cfg.eval_users,
+        num_negatives=cfg.eval_negatives,
+    )
+
+    def validate(m: SASRec) -> dict[str, float]:
+        kw = {
+            "user_items": user_items,
+            "num_users": cat.num_users,
+            "batch_size": cfg.eval_batch_size,
+            "ctx": ctx,
+        }
+        return evaluate_model(m, data_dir, valid, **kw)
+
+    meta = {"num_items": cat.num_items, "num_users": cat.num_users, "manifest_sha256": cat.manifest_sha256}
+    source = cat.manifest.get("source")
+    meta["dataset"] = source.get("dataset") if isinstance(source, dict) else source
+    state = train_teacher(
+        teacher, train, validate, cfg=cfg, ctx=ctx, out_dir=out_dir, meta=meta, reporter=reporter
+    )
+    return state

@@ -1,6 +1,6 @@
 """Fused distillation loss: L2-normalise both sides, MSE between them, uniformity of each side.
 
-`distill_loss(...)` is the entry point `dist_srec.losses` calls. The math, shapes and gradient are in
+`distill_loss(...)` is the entry point `dist_srec.models.losses` calls. The math, shapes and gradient are in
 `reference.py` (pure torch, materialises the B×B pair matrix: the CPU production path and the oracle)
 and in `triton_impl.py` (three kernels, pairs tiled so memory stays O(B·d), gradient pieces
 accumulated in the forward's pair pass).
@@ -31,7 +31,9 @@ def distill_loss(
 ) -> DistillTerms:
     """(MSE(û, ĉ), U(û), U(ĉ)) in fp32; see `distill_loss_reference`."""
     if _use_triton(u):
-        from .triton_impl import distill_loss_triton
+        from .triton_impl import (
+            distill_loss_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
+        )
 
         return DistillTerms(*distill_loss_triton(u, c, mse=mse, uniformity=uniformity))
     return distill_loss_reference(u, c, mse=mse, uniformity=uniformity)

@@ -34,7 +34,9 @@ def seq_embed(
 ) -> Tensor:  # [B, T, H]
     """Spliced input embeddings [B, T, H]; see `seq_embed_reference` for the contract."""
     if _use_triton(table):
-        from .triton_impl import seq_embed_triton
+        from .triton_impl import (
+            seq_embed_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
+        )
 
         fn = seq_embed_triton
     else:

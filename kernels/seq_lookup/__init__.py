@@ -33,7 +33,9 @@ def seq_lookup(
 ) -> Tensor:  # [B, L, D] in item_table.dtype
     """(E[ids] · scale + P) with padding rows zeroed; see `reference.seq_lookup_reference`."""
     if _use_triton(item_table):
-        from .triton_impl import seq_lookup_triton
+        from .triton_impl import (
+            seq_lookup_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
+        )
 
         return seq_lookup_triton(ids, item_table, pos_table, scale)
     return seq_lookup_reference(ids, item_table, pos_table, scale)

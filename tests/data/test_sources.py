@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_srec.cli import main
+from dist_srec.cli.main import main
 from dist_srec.config import PrepareConfig
 from dist_srec.data.catalog import Catalog
 from dist_srec.data.prepare import prepare

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_srec.eval.compare import user_table
+from dist_srec.eval.tables import user_table
 
 
 def _batches() -> list[dict[str, torch.Tensor]]:

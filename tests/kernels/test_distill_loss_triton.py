@@ -58,7 +58,7 @@ def test_switches_and_the_user_only_call(triton_path, device, mse, uniformity) -
     d_want = torch.autograd.grad(weighted(want), [u, c], allow_unused=True)
     for a, w in zip(d_got, d_want):
         torch.testing.assert_close(a, torch.zeros_like(a) if w is None else w, rtol=1e-4, atol=1e-6)
-    # dist_srec.losses without distillation: uniformity of the user side only, u passed twice
+    # dist_srec.models.losses without distillation: uniformity of the user side only, u passed twice
     got_u = distill_loss(u, u, mse=False).uniformity_user
     want_u = distill_loss_reference(u, u, mse=False).uniformity_user
     torch.testing.assert_close(got_u, want_u, rtol=1e-5, atol=1e-6)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 from dist_srec.kernels._dispatch import force_kernel_path
-from dist_srec.models.llm import LLMConfig, load_frozen_lm
+from dist_srec.models.frozen_lm import load_frozen_lm
+from dist_srec.models.llmsrec import LLMSRec, LLMSRecConfig
+from dist_srec.models.lm_config import LLMConfig
 from dist_srec.models.sasrec import SASRec, SASRecConfig
-from dist_srec.models.srec import LLMSRec, LLMSRecConfig
 
 TITLES = [None] + [f"Film {w} ({1990 + i})" for i, w in enumerate("abcdefghijk")]
 N = len(TITLES) - 1

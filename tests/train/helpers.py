@@ -7,12 +7,11 @@ from pathlib import Path
 
 from dist_srec.config import PrepareConfig
 from dist_srec.data.prepare import prepare
-from dist_srec.models.llm import LLMConfig
-from dist_srec.models.srec import LLMSRecConfig
+from dist_srec.models.llmsrec import LLMSRecConfig
+from dist_srec.models.lm_config import LLMConfig
 from dist_srec.train.loop import LoopConfig
-from dist_srec.train.srec_run import SRecRunConfig, train_srec
-from dist_srec.train.teacher import TeacherTrainConfig
-from dist_srec.train.teacher_cli import pretrain_teacher
+from dist_srec.train.srec_train import SRecRunConfig, train_srec
+from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 from tests.data.synth import write_custom
 
 
@@ -31,8 +30,9 @@ def prepared_catalog(
 
 def tiny_teacher(data: Path, out: Path, negatives: int = 20) -> Path:
     """A hidden-16 SASRec trained one epoch on DATA; returns OUT/best."""
-    cfg = TeacherTrainConfig(epochs=1, eval_every=1, progress=False, eval_negatives=negatives, batch_size=16)
-    pretrain_teacher(data, out, model={"hidden": 16, "max_len": 20}, cfg=cfg, final_eval=False)
+    cfg = TeacherTrainConfig(loop=teacher_loop(epochs=1, eval_every_epochs=1, progress=False), eval_negatives=negatives,
+                             batch_size=16)  # fmt: skip
+    pretrain_teacher(data, out, model={"hidden": 16, "max_len": 20}, cfg=cfg)
     return out / "best"
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dist_srec.cli import main
+from dist_srec.cli.main import main
 from dist_srec.errors import CheckpointError, ConfigError, DataError
-from dist_srec.models.llm import LLMConfig
-from dist_srec.recommend import recommend
-from dist_srec.train.srec_run import evaluate_srec, train_srec
+from dist_srec.inference.evaluate import evaluate_srec
+from dist_srec.inference.recommend import recommend
+from dist_srec.models.lm_config import LLMConfig
+from dist_srec.train.srec_train import train_srec
 from tests.train.helpers import prepared_catalog, tiny_srec_config, tiny_teacher
 
 HEADS = {"item_proj", "user_out", "item_out", "user_head", "item_head", "teacher_proj"}
@@ -100,7 +101,7 @@ def test_recommend_known_user_and_titles(trained: Path) -> None:
     assert [r.rank for r in recs] == [1, 2, 3, 4, 5]
     assert all(a.score >= b.score for a, b in zip(recs, recs[1:]))
     from dist_srec.data.catalog import Catalog
-    from dist_srec.recommend import user_history
+    from dist_srec.inference.recommend import user_history
 
     cat = Catalog.load(json.loads((trained / "config.json").read_text())["catalog"]["data"])
     seen = set(user_history(cat, "user3")[0])

@@ -1,4 +1,4 @@
-"""glibc mmap threshold (`dist_srec.sysmem`): freed multi-MiB buffers go back to the OS."""
+"""glibc mmap threshold (`dist_srec.train.sysmem`): freed multi-MiB buffers go back to the OS."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from dist_srec.errors import ConfigError
-from dist_srec.sysmem import _glibc, check_mmap_threshold, fix_mmap_threshold
-from dist_srec.train.srec_run import SRecRunConfig
+from dist_srec.train.srec_train import SRecRunConfig
+from dist_srec.train.sysmem import _glibc, check_mmap_threshold, fix_mmap_threshold
 
 glibc = pytest.mark.skipif(_glibc() is None, reason="needs glibc (mallopt); this libc is not glibc")
 
@@ -18,7 +18,7 @@ glibc = pytest.mark.skipif(_glibc() is None, reason="needs glibc (mallopt); this
 # heap; small live blocks between them keep the heap from shrinking when they are freed.
 _FRAGMENT = textwrap.dedent("""
     import sys, psutil, torch
-    from dist_srec.sysmem import fix_mmap_threshold
+    from dist_srec.train.sysmem import fix_mmap_threshold
     if sys.argv[1] == "fix":
         assert fix_mmap_threshold(128 << 10)
     rss = lambda: psutil.Process().memory_info().rss
@@ -56,7 +56,7 @@ def test_threshold_validation():
 
 
 def test_train_srec_fixes_the_threshold_first(monkeypatch, tmp_path):
-    import dist_srec.train.srec_run as srec_run
+    import dist_srec.train.srec_train as srec_run
 
     seen = []
 
@@ -76,7 +76,7 @@ def test_train_srec_fixes_the_threshold_first(monkeypatch, tmp_path):
 def test_cli_flag_reaches_the_run_config():
     import argparse
 
-    from dist_srec.train.srec_cli import add_srec_commands, run_config
+    from dist_srec.cli.llmsrec import add_srec_commands, run_config
 
     parser = argparse.ArgumentParser()
     add_srec_commands(parser.add_subparsers(dest="cmd"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
@@ -13,7 +13,8 @@ from dist_srec.data.batch import collate
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.teacher import TeacherTrainConfig, load_teacher, train_teacher
+from dist_srec.train.loop import LoopConfig
+from dist_srec.train.teacher import TeacherTrainConfig, load_teacher, teacher_loop, train_teacher
 from dist_srec.train.teacher_loss import sample_train_negatives, sampled_softmax_loss, teacher_loss
 
 N_ITEMS, N_USERS, L = 40, 48, 10
@@ -84,9 +85,17 @@ def _next_item_accuracy(m: SASRec) -> dict[str, float]:
     return {"ndcg@10": float((top5 == batch["target"][:, None]).any(1).float().mean())}
 
 
+LOOP_FIELDS = {f.name for f in fields(LoopConfig)}
+
+
 def _cfg(**kw) -> TeacherTrainConfig:
-    base = {"epochs": 4, "batch_size": 8, "eval_every": 2, "patience": 0, "progress": False, "seed": 3}
-    return TeacherTrainConfig(**{**base, **kw})
+    """A teacher config from flat keyword arguments: the loop's fields go to its nested `LoopConfig`."""
+    base = {"epochs": 4, "batch_size": 8, "eval_every_epochs": 2, "patience": 0, "progress": False, "seed": 3}
+    kw = {**base, **kw}
+    loop = {k: v for k, v in kw.items() if k in LOOP_FIELDS}
+    return TeacherTrainConfig(
+        loop=teacher_loop(**loop), **{k: v for k, v in kw.items() if k not in LOOP_FIELDS}
+    )
 
 
 def test_negatives_avoid_the_users_window() -> None:
@@ -123,7 +132,7 @@ def test_loss_goes_down_and_model_learns_the_pattern(tmp_path) -> None:
         m,
         ListLoader(cyclic_samples()),
         _next_item_accuracy,
-        cfg=_cfg(epochs=30, eval_every=10, lr=5e-3),
+        cfg=_cfg(epochs=30, eval_every_epochs=10, lr=5e-3),
         out_dir=tmp_path,
     )
     losses = [h["train_loss"] for h in state.history]
@@ -149,7 +158,7 @@ def test_sampled_softmax_matches_hand_computation_and_learns(tmp_path) -> None:
     )
     state = train_teacher(
         _model(), ListLoader(cyclic_samples()), _next_item_accuracy,
-        cfg=_cfg(epochs=20, eval_every=10, lr=5e-3, loss="sampled_softmax", num_negatives=8), out_dir=tmp_path,
+        cfg=_cfg(epochs=20, eval_every_epochs=10, lr=5e-3, loss="sampled_softmax", num_negatives=8), out_dir=tmp_path,
     )  # fmt: skip
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] and state.best_metric > 0.7
 
@@ -228,7 +237,7 @@ def test_time_budget_stops_and_validates(tmp_path) -> None:
         _model(),
         ListLoader(cyclic_samples()),
         _next_item_accuracy,
-        cfg=_cfg(epochs=50, eval_every=25, time_budget_s=1e-6),
+        cfg=_cfg(epochs=50, eval_every_epochs=25, time_budget_s=1e-6),
         out_dir=tmp_path,
     )
     assert state.stopped == "time_budget" and state.global_step == 1  # checked after every step
@@ -244,7 +253,7 @@ def test_early_stopping(tmp_path) -> None:
         _model(),
         ListLoader(cyclic_samples()),
         lambda m: {"ndcg@10": 0.5},
-        cfg=_cfg(epochs=20, eval_every=1, patience=2),
+        cfg=_cfg(epochs=20, eval_every_epochs=1, patience=2),
         out_dir=tmp_path,
     )
     assert state.stopped == "early_stop" and state.epoch == 3 and state.best_step == 6  # 6 steps per epoch
@@ -252,8 +261,8 @@ def test_early_stopping(tmp_path) -> None:
 
 def test_train_config_validation() -> None:
     with pytest.raises(ConfigError, match="'epochs'"):
-        TeacherTrainConfig(epochs=0)
+        teacher_loop(epochs=0)
     with pytest.raises(ConfigError, match="'betas'"):
-        TeacherTrainConfig(betas=(0.9, 1.5))
+        teacher_loop(betas=(0.9, 1.5))
     with pytest.raises(ConfigError, match="'loss'"):
         TeacherTrainConfig(loss="bpr")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from dist_srec.eval.metrics import empty_sums, metric_sums
 from dist_srec.eval.protocols import all_reduce_sums
-from dist_srec.train.context import TrainContext
+from dist_srec.parallel.context import TrainContext
 from dist_srec.train.teacher import train_teacher
 from tests.train.test_teacher import ListLoader, _cfg, _model, _next_item_accuracy, cyclic_samples
 
@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         loader = ListLoader(cyclic_samples()[rank::world])  # each rank its own half
         model = _model()
         state = train_teacher(
-            model, loader, _next_item_accuracy, cfg=_cfg(epochs=2, eval_every=1), ctx=ctx, out_dir=out
+            model, loader, _next_item_accuracy, cfg=_cfg(epochs=2, eval_every_epochs=1), ctx=ctx, out_dir=out
         )
         save_file(model.state_dict(), str(Path(out) / f"weights-{rank}.safetensors"))
         # metric sums reduce over ranks: rank r contributes ranks [r]

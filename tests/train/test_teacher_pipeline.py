@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from dist_srec.cli.teacher import add_teacher_commands
 from dist_srec.errors import CheckpointError
-from dist_srec.train.teacher_cli import add_teacher_commands, evaluate_teacher
+from dist_srec.inference.evaluate import evaluate_teacher
 from tests.train.helpers import prepared_catalog
 
 SIZE = {"users": 50, "per_user": (10, 25)}
@@ -25,7 +26,7 @@ def _cli(argv: list[str]) -> int:
 def test_pretrain_and_evaluate_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = prepared_catalog(tmp_path, **SIZE)
     run = tmp_path / "run"
-    argv = ["pretrain-teacher", "--data", str(data), "--out", str(run), "--epochs", "2", "--eval-every", "1",
+    argv = ["pretrain-teacher", "--data", str(data), "--out", str(run), "--epochs", "2", "--eval-every-epochs", "1",
             "--hidden", "16", "--max-len", "20", "--batch-size", "16", "--eval-negatives", "20", "--no-progress"]  # fmt: skip
     assert _cli(argv) == 0
     assert (run / "best" / "model.safetensors").is_file() and (run / "last" / "train_state.json").is_file()

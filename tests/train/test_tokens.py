@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from dist_srec.train.srec import SRecTask
-from dist_srec.train.srec_run import train_srec
-from tests.models.test_srec import NEG, lm, make_batch, make_model  # noqa: F401 (lm is a fixture)
+from dist_srec.train.srec_task import SRecTask
+from dist_srec.train.srec_train import train_srec
+from tests.models.test_llmsrec import NEG, lm, make_batch, make_model  # noqa: F401 (lm is a fixture)
 from tests.train.helpers import tiny_srec_config
 
 

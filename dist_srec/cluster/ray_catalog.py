@@ -1,0 +1,109 @@
+"""Catalog encoding and batch recommendation on Ray actors.
+
+    driver:  ray.init (a running cluster, `RAY_ADDRESS` under `ray job submit`, or a local one)
+             W actors = ray.remote(CatalogWorker)   each loads the model once (CPU or one GPU)
+             encode:    actor r gets assign_shards(pending store shards, r, W), one call per shard
+             recommend: actor r gets assign_shards(pending user parts,  r, W), one call per part
+             the driver alone writes the store's and the output's manifests
+
+Workers write shard and part files themselves (atomically), so the store and output directories must
+be on storage every node sees (any path on a single machine; shared storage on a cluster). Run as a
+Ray job:
+
+    python launch/submit.py --address http://HEAD:8265 -- python -m dist_srec.cli recommend-batch \\
+        --ckpt /shared/runs/srec/best --users all --k 100 --out /shared/recs --ray-workers 8 --gpu --address auto
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dist_srec.data.item_vectors import StoreIdentity, assign_shards
+from dist_srec.errors import ConfigError
+from dist_srec.inference.worker import CatalogWorker
+
+
+@dataclass(kw_only=True)
+class RayCatalogConfig:
+    """How many actors, with which resources, on which cluster."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    """One GPU per actor (the model and the top-k scan on it)."""
+    cpus_per_worker: float = 1.0
+    address: str | None = None
+    """`auto`: the running cluster; None: `RAY_ADDRESS` when set, else a new local cluster."""
+    local_cpus: int | None = None
+    """num_cpus of the local cluster this starts (None: Ray's default)."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"config field 'num_workers': must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"config field 'cpus_per_worker': must be > 0, got {self.cpus_per_worker}")
+
+    def open_runner(self, cfg: Any, identity: StoreIdentity) -> contextlib.AbstractContextManager[RayRunner]:
+        """The batch jobs' `RunnerSource`: `ray_runner` with this config."""
+        return ray_runner(cfg, identity, self)
+
+
+class RayRunner:
+    """A `dist_srec.inference.batch_jobs.Runner` over Ray actors; the driver shows progress per finished call."""
+
+    def __init__(self, actors: list[Any], progress: bool):
+        self.actors, self.progress = actors, progress
+
+    def _run(self, method: str, calls: list[tuple], desc: str) -> list[Any]:
+        import ray  # deferred: Ray takes seconds to import; only the Ray paths need it
+
+        world = len(self.actors)
+        refs = [getattr(actor, method).remote(*calls[i])
+                for rank, actor in enumerate(self.actors)
+                for i in assign_shards(range(len(calls)), rank, world)]  # fmt: skip
+        out = []
+        with tqdm(total=len(refs), desc=desc, disable=not self.progress) as bar:
+            while refs:
+                done, refs = ray.wait(refs, num_returns=1)
+                out += ray.get(done)
+                bar.update(len(done))
+        return out
+
+    def encode(self, root: str, manifest: dict[str, Any], shards: list[int]) -> None:
+        self._run(
+            "encode", [(root, manifest, [s]) for s in shards], f"encode catalog ({len(self.actors)} workers)"
+        )
+
+    def recommend(self, parts: list[tuple[str, np.ndarray, int, str]]) -> None:
+        self._run("recommend_part", parts, f"recommend ({len(self.actors)} workers)")
+
+
+@contextlib.contextmanager
+def ray_runner(cfg: Any, identity: StoreIdentity, ray_cfg: RayCatalogConfig) -> Iterator[RayRunner]:
+    """Start (or join) Ray, create the actors, yield their runner; stop what this started."""
+    import ray  # deferred: Ray takes seconds to import; only the Ray paths need it
+
+    started = not ray.is_initialized()
+    if started:
+        local = ray_cfg.address is None and not os.environ.get("RAY_ADDRESS")
+        init: dict[str, Any] = {"include_dashboard": False}
+        if local and ray_cfg.local_cpus:
+            init |= {"num_cpus": ray_cfg.local_cpus, "object_store_memory": int(1e9)}
+        ray.init(address=ray_cfg.address, **(init if local else {}))
+    gpus = 1 if ray_cfg.use_gpu else 0
+    scan = cfg.scan if not ray_cfg.use_gpu else type(cfg.scan)(**{**vars(cfg.scan), "device": "cuda"})
+    actor_cls = ray.remote(num_cpus=ray_cfg.cpus_per_worker, num_gpus=gpus)(CatalogWorker)
+    actors = [actor_cls.remote(cfg.ckpt, cfg.data, identity, scan) for _ in range(ray_cfg.num_workers)]
+    try:
+        yield RayRunner(actors, cfg.progress)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()

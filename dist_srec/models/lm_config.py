@@ -1,0 +1,111 @@
+"""Which frozen LM to load and how to run it (`LLMConfig`), and the dtype rule of `--dtype auto`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dist_srec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+COMPILE_SCOPES = ("layers", "parts")
+
+
+@dataclass(kw_only=True)
+class LLMConfig:
+    """Which frozen LM to load and how to run it."""
+
+    path: str = "smollm2"
+    """A local Hugging Face model directory, or `smollm2` (embedded GGUF) or `tiny` (random, debug)."""
+    dtype: DTypeName = "auto"
+    """Weights and activations dtype. `auto`: bf16 where the GPU or CPU supports it, fp32 otherwise."""
+    attn_implementation: str = "sdpa"
+    """Passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...)."""
+    trust_remote_code: bool = False
+    num_layers: int | None = None
+    """Keep only the first k decoder layers (fast real-weight tests and debug runs); None keeps all."""
+    cache_dir: str | None = None
+    """Where converted copies live; default `$DIST_SREC_CACHE` or `~/.cache/dist-srec`."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input for the backward and recompute the layer inside it: the
+    activations a training step holds drop from every layer's intermediates to one [b, T, H] per layer,
+    for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
+    a big LM on a small GPU); same outputs and gradients either way."""
+    compile_layers: bool = False
+    """`torch.compile` parts of every decoder layer (regional compilation), fusing the elementwise work
+    around the GEMMs. What is compiled is `compile_scope`. Costs compile time at start; see
+    benchmarks/results/compile_layers_cpu.md for what it buys on CPU."""
+    compile_scope: str = "layers"
+    """With `compile_layers`: `layers` compiles each whole decoder layer (norms, rotary, SiLU, residual
+    adds). Dynamo specialises such a graph on the layer's slot in the KV cache, so there is one graph per
+    layer and pass kind (plain, prompt-head prefix, after a prefix), and the recompile limit is raised to
+    fit them: at torch's default of 8 every layer past the 8th silently ran eager. That is several
+    hundred graphs for a 30-layer LM in a training step, so many minutes of compiling. `parts` compiles
+    only the cache-free submodules (MLP and the two RMSNorms), one graph shared by all layers: seconds
+    of compile, fewer fusions."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("config field 'path': an LLM path or 'smollm2' / 'tiny' is required")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"config field 'dtype': '{self.dtype}' is not one of auto, {', '.join(DTYPES)}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"config field 'num_layers': must be >= 1, got {self.num_layers}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ConfigError(
+                f"config field 'compile_scope': '{self.compile_scope}' is not one of {', '.join(COMPILE_SCOPES)}"
+            )
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: the argument, else `$DIST_SREC_CACHE`, else `~/.cache/dist-srec`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("DIST_SREC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dist-srec"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU computes bf16 matmuls natively (avx512_bf16 or amx_bf16).
+
+    oneDNN's `_is_mkldnn_bf16_supported()` is not enough: it is also True on plain AVX-512, where bf16
+    is emulated. Measured on such a Xeon (2 cores): 29 GFLOP/s bf16 against 139 fp32, so `auto` must
+    pick fp32 there, while an AMD CPU with avx512_bf16 ran bf16 at ~950 against ~210.
+    """
+    try:
+        flags = next(
+            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("flags")),
+            [],
+        )  # fmt: skip
+    except OSError:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: DTypeName, device: torch.device | str = "cpu") -> torch.dtype:
+    """The torch dtype for `name`; `auto` picks bf16 where the hardware runs it natively, else fp32."""
+    if name != "auto":
+        return DTYPES[name]
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        why = "CUDA device supports bf16" if ok else "CUDA device lacks bf16"
+    else:
+        ok = cpu_has_native_bf16()
+        why = "CPU has native bf16 (avx512_bf16/amx_bf16)" if ok else "CPU lacks native bf16"
+    log.info("LLM dtype auto -> %s (%s)", "bfloat16" if ok else "float32", why)
+    return torch.bfloat16 if ok else torch.float32
