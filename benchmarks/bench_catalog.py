@@ -44,7 +44,7 @@ def synthetic_store(root: Path, n: int, seed: int = 0) -> Path:
     from dist_srec.inference.encode import prepare_store
 
     fake = f"synthetic-{n}-{seed}"
-    ident = StoreIdentity(heads_key=fake, teacher_sha256=fake, model_config_sha256=fake, lm_content_hash=fake, data_manifest_sha256=fake,
+    ident = StoreIdentity(heads_key=fake, teacher_sha256=fake, model_config_sha256=fake, lm_content_hash=fake, catalog_sha256=fake,
                           num_items=n, dim=DIM)  # fmt: skip
     manifest, pending = prepare_store(root, ident, StoreLayout(dtype="float16", shard_rows=SHARD_ROWS))
     for s in pending:

@@ -118,7 +118,7 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
     from dist_srec.models.losses import LossConfig
     from dist_srec.models.prompts import PromptConfig
     from dist_srec.train import checkpoint as ckpt_io
-    from dist_srec.train.loop import LoopConfig
+    from dist_srec.train.loop_types import LoopConfig
     from dist_srec.train.srec_train import SRecRunConfig, train_srec
 
     out = Path(args.work) / run_name(args, name)

@@ -71,7 +71,7 @@ def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) ->
     from dist_srec.cluster.ray_train import METRICS_FILE, RayConfig, fit
     from dist_srec.models.lm_config import LLMConfig
     from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
-    from dist_srec.train.loop import LoopConfig
+    from dist_srec.train.loop_types import LoopConfig
     from dist_srec.train.srec_train import SRecRunConfig
 
     out = Path(args.work) / f"{pattern}-w{workers}-s{stage}"
@@ -116,7 +116,7 @@ def step_stats(metrics: Path, workers: int, batch: int, t0: float | None) -> dic
         "steps": len(steps), "batch_per_rank": batch,
         "startup_s": steps[0]["time"] - t0 if t0 is not None else None, "step_s": step_s,
         "samples_per_s": workers * batch / step_s, "tokens_per_step": steps[-1]["tokens"] / len(steps),
-        "tokens_per_s": tokens / timed, "peak_rss_mb_per_rank": steps[-1]["peak_rss_mb"],
+        "tokens_per_s": tokens / timed, "peak_rss_mb_per_rank": steps[-1]["peak_memory_gb"] * 1024,
     }  # fmt: skip
 
 

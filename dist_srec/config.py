@@ -26,6 +26,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
+TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+"""Divisors from each timestamp unit to seconds."""
+
+
 @dataclass(kw_only=True)
 class PrepareConfig:
     """`dist-srec prepare`: raw interactions -> parquet catalog -> webdataset shards."""
@@ -48,7 +52,10 @@ class PrepareConfig:
     max_history: int = 0
     """Keep at most this many most recent history items per sample (0 = all)."""
     strict: bool = False
-    """Error on missing titles and duplicate interactions instead of placeholder/drop (both counted)."""
+    """Error on missing titles, duplicate interactions and duplicate item ids instead of placeholder /
+    drop / keep-first (all counted)."""
+    timestamp_unit: str = "s"
+    """custom: the unit of the `timestamp` column (s, ms, us or ns since the epoch); amazon2023 is ms."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -63,6 +70,8 @@ class PrepareConfig:
         )
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
+        check(self.timestamp_unit in TIMESTAMP_UNITS, "timestamp_unit",
+              f"'{self.timestamp_unit}' is not one of {list(TIMESTAMP_UNITS)}")  # fmt: skip
 
 
 @dataclass(kw_only=True)

@@ -26,10 +26,11 @@ from dist_srec.eval.compare import format_report
 from dist_srec.inference.evaluate import evaluate_srec
 from dist_srec.inference.load import load_srec
 from dist_srec.inference.recommend import recommend
+from dist_srec.inference.run_report import report
 from dist_srec.io import read_json, write_json_atomic
 from dist_srec.models.lm_config import LLMConfig
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.loop import LoopConfig
+from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
@@ -64,7 +65,7 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
         data=str(root / "data"), teacher=str(root / "teacher" / "best"), out=str(root / "llm-srec"),
         llm=LLMConfig(path=llm),
         loop=LoopConfig(epochs=1, lr=1e-4, lr_decay=0.95, patience=3, max_steps=4 if fast else 0,
-                        time_budget_s=SREC_BUDGET_S, save_every_steps=10),
+                        time_budget_s=SREC_BUDGET_S, save_every_steps=10, log_every_steps=1),
         eval_users=50 if fast else VALID_USERS,
     )  # fmt: skip
     st = train_srec(cfg)
@@ -92,5 +93,7 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
         print(f"\ntop 5 for user {user}:")
         for r in recommend(ckpt, user=user, k=5, loaded=loaded):
             print(f"  {r.rank}. {r.title} ({r.score:.3f})")
-    print(f"\nall outputs under {root}")
+    _, files = report([root / "teacher", root / "llm-srec"], root / "report")
+    print(f"\ncurves and table: {', '.join(str(f) for f in files)} (dist-srec report)")
+    print(f"all outputs under {root}")
     return 0

@@ -30,3 +30,11 @@ class ConfigError(DistSrecError, ValueError):
 
 class CheckpointError(DistSrecError):
     """A checkpoint is missing, corrupt, or does not match the catalog/model it is used with."""
+
+
+class TrainingError(DistSrecError):
+    """Training cannot go on correctly: a non-finite loss, gradient or validation score."""
+
+
+class OutputBusyError(DistSrecError):
+    """Another run is writing the same output directory."""

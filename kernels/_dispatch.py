@@ -7,8 +7,12 @@ Which path runs, in order of precedence:
 
 1. `force_kernel_path("torch" | "triton" | "auto")`, a context manager (tests, benchmarks);
 2. the environment variable `DIST_SREC_KERNELS` = `torch` | `triton` | `auto` (default `auto`);
-3. `auto`: Triton when triton imports and the tensor is on CUDA, or when the interpreter is on
-   (`TRITON_INTERPRET=1`); the torch reference otherwise.
+3. `auto`: the torch reference, on CPU and on CUDA alike; Triton only when the interpreter is on
+   (`TRITON_INTERPRET=1`, the kernel tests) and triton imports. The compiled Triton kernels have not
+   yet run on a GPU in this project, so on CUDA they are opt-in (`DIST_SREC_KERNELS=triton`) until a
+   GPU run of the kernel tests is committed (`benchmarks/gpu_check.sh`).
+
+Which path an op ran is logged once per process and op.
 
 `torch` always runs the reference. `triton` always runs the kernels and fails loudly when they cannot
 run: triton missing, or a CPU tensor while triton was imported without its interpreter.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +38,7 @@ from torch import Tensor
 KernelPath = Literal["auto", "torch", "triton"]
 KERNEL_PATHS: tuple[KernelPath, ...] = ("auto", "torch", "triton")
 ENV_VAR = "DIST_SREC_KERNELS"
+log = logging.getLogger(__name__)
 
 _forced: ContextVar[KernelPath | None] = ContextVar("dist_srec_kernel_path", default=None)
 
@@ -91,13 +97,26 @@ def triton_interpreting() -> bool:
     return isinstance(tl.sum, InterpretedFunction)
 
 
-def use_triton(tensor: Tensor) -> bool:
-    """Whether the op called on `tensor` runs its Triton kernels (see the module docstring)."""
+def use_triton(tensor: Tensor, op: str = "op") -> bool:
+    """Whether `op` called on `tensor` runs its Triton kernels (see the module docstring)."""
     path = kernel_path()
+    chosen = _choose(path, tensor)
+    if (op, chosen) not in _logged:
+        _logged.add((op, chosen))
+        why = {"torch": "forced", "triton": "forced", "auto": "auto: Triton is opt-in on CUDA"}[path]
+        log.info("kernel %s: %s path on %s (%s)", op, "Triton" if chosen else "torch reference",
+                 tensor.device.type, why)  # fmt: skip
+    return chosen
+
+
+_logged: set[tuple[str, bool]] = set()
+
+
+def _choose(path: KernelPath, tensor: Tensor) -> bool:
     if path == "torch":
         return False
     if path == "auto":
-        return (tensor.is_cuda or interpreter_requested()) and triton_available()
+        return interpreter_requested() and not tensor.is_cuda and triton_available()
     if not triton_available():
         raise RuntimeError(f"{ENV_VAR}=triton (or force_kernel_path) but triton does not import")
     if not tensor.is_cuda and not triton_interpreting():

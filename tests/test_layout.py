@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("errors", "io", "config", "assets")
-"""Modules every package may import: they import nothing of the project but each other."""
+LEAVES = ("__init__", "errors", "io", "config", "assets")
+"""Modules every package may import (`__init__` is the package itself: its version): they import nothing
+of the project but each other."""
 LAYERS = ("data", "kernels", "models", "parallel", "eval", "train", "inference", "cluster", "demo", "cli")
 """The data flow, in order: a package imports only leaves and the packages before it."""
 SKIPPED_BY_TOOLS = {"dist", "build", "venv", "env", "node_modules", "_build", "site-packages"}

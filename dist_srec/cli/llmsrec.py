@@ -19,7 +19,7 @@ from dist_srec.models.llmsrec import LLMSRecConfig
 from dist_srec.models.lm_config import COMPILE_SCOPES, LLMConfig
 from dist_srec.models.losses import LossConfig
 from dist_srec.models.prompts import PromptConfig
-from dist_srec.train.loop import LoopConfig
+from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 
 

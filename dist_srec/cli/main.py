@@ -1,4 +1,4 @@
-"""`dist-srec` command line: thin; every command builds a typed config and calls the library.
+"""dist-srec: train and serve LLM-SRec (a frozen LLM distilled from a SASRec teacher) on one machine or a Ray cluster.
 
 dist-srec prepare --dataset ml-1m --out data/ml-1m
 dist-srec demo --out runs/demo
@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from dist_srec import __version__
 from dist_srec.cli.batch import add_serve_commands
 from dist_srec.cli.launch import add_launch_commands
 from dist_srec.cli.llmsrec import add_srec_commands
 from dist_srec.cli.teacher import add_teacher_commands
-from dist_srec.config import PrepareConfig
+from dist_srec.config import TIMESTAMP_UNITS, PrepareConfig
 from dist_srec.data.prepare import prepare, summary
 from dist_srec.demo import run_demo
 from dist_srec.errors import DistSrecError
+from dist_srec.inference.run_report import report
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +45,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-history", type=int, default=0, help="keep at most this many history items (0 = all)"
     )
-    p.add_argument("--strict", action="store_true", help="error on missing titles / duplicate interactions")
+    p.add_argument("--strict", action="store_true",
+                   help="error on missing titles / duplicate interactions / duplicate item ids")  # fmt: skip
+    p.add_argument("--timestamp-unit", choices=list(TIMESTAMP_UNITS), default="s",
+                   help="custom: unit of the timestamp column (default s; amazon2023 is always ms)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an output prepared with another config")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_prepare)
@@ -61,6 +67,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         samples_per_shard=args.samples_per_shard,
         max_history=args.max_history,
         strict=args.strict,
+        timestamp_unit=args.timestamp_unit,
         progress=not args.no_progress,
     )
     manifest = prepare(cfg, force=args.force)
@@ -108,8 +115,29 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     add_serve_commands(sub)
 
 
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="markdown table and PNG curves of one or more runs",
+        epilog="example: dist-srec report runs/demo/teacher runs/demo/llm-srec --out runs/demo/report",
+    )  # fmt: skip
+    p.add_argument("runs", nargs="+", help="run directories (pretrain-teacher / train OUT)")
+    p.add_argument(
+        "--out", help="where report.md, loss.png and valid.png go (default: RUN/report of the first)"
+    )
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    out = args.out or Path(args.runs[0]) / "report"
+    text, files = report(args.runs, out)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-srec", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"dist-srec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_demo_command(sub)
@@ -117,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_srec_commands(sub)
     _add_launch_commands(sub)
     _add_serve_commands(sub)
+    _add_report_command(sub)
     return parser
 
 

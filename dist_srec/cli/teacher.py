@@ -16,7 +16,7 @@ from typing import Any
 
 from dist_srec.inference.evaluate import evaluate_teacher, evaluate_teacher_run
 from dist_srec.models.sasrec import SASRecConfig
-from dist_srec.train.loop import LoopConfig
+from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 
 _LOOP_SKIP = {"betas", "resume", "progress"}

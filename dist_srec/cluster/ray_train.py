@@ -7,7 +7,7 @@
 
 The loop calls the reporter on every rank at the same points (every `log_every_steps` steps and after
 each `last` save); `RayReporter` turns that into `ray.train.report`, a barrier: metrics (plus each
-rank's peak RSS) are averaged over ranks (plain numbers) and logged to OUT/metrics.jsonl; after a
+rank's peak memory) are averaged over ranks by the loop and logged to OUT/metrics.jsonl; after a
 save, rank 0 attaches a Ray `Checkpoint` holding `last/` (heads, optimizer, RNG, every rank's data
 cursor) and `best/`. The heads are replicated and the LLM is frozen
 and identified by its hash, so no rank has a shard of its own to save. A worker failure restarts the
@@ -23,18 +23,13 @@ no: the loop raises `CheckpointError` naming the world size to resume with.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import resource
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch.distributed as dist
 
 from dist_srec.errors import ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher_run
@@ -42,8 +37,6 @@ from dist_srec.io import atomic_path, sha256_file
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(kw_only=True)
@@ -103,38 +96,21 @@ OnReport = Callable[[dict[str, float], TrainContext], None]
 
 
 class RayReporter:
-    """The loop's `reporter` under Ray Train; call it on every rank (it is a barrier).
+    """The loop's `reporter` under Ray Train; call it on every rank (it is a barrier). The loop has
+    logs their mean over ranks itself (rank 0, `dist_srec.train.metric_logging`); Ray keeps rank 0's report.
 
     Args:
         ctx: this worker's place.
-        out: the run directory (rank 0 appends every report to OUT/metrics.jsonl).
+        out: the run directory.
         on_report: optional callback after each report, on every rank (monitoring; tests inject faults).
     """
 
     def __init__(self, ctx: TrainContext, out: str | Path, on_report: OnReport | None = None):
         self.ctx, self.out, self.on_report = ctx, Path(out), on_report
 
-    def mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Each metric averaged over ranks (losses of the global batch; rates are already global)."""
-        if self.ctx.world_size <= 1:
-            return {k: float(v) for k, v in metrics.items()}
-
-        got: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(got, {k: float(v) for k, v in metrics.items()})
-        keys = [k for k in got[0] if all(k in g for g in got)]
-        return {k: sum(g[k] for g in got) / len(got) for k in keys}
-
     def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train  # deferred: Ray takes seconds to import; only the Ray paths need it
 
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB -> MiB
-        metrics = self.mean_over_ranks({**metrics, "peak_rss_mb": rss})
-        if self.ctx.is_main:
-            with (self.out / METRICS_FILE).open("a") as f:
-                f.write(
-                    json.dumps({**metrics, "time": time.time(), "checkpoint": checkpoint_dir is not None})
-                    + "\n"
-                )
         if checkpoint_dir is not None and self.ctx.is_main:
             with tempfile.TemporaryDirectory(prefix="dist-srec-ckpt-") as tmp:
                 for name, src in (("last", Path(checkpoint_dir)), ("best", self.out / "best")):

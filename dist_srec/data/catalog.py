@@ -14,10 +14,15 @@ Processing, in order (each step counted in the manifest):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +34,12 @@ from dist_srec.data.sources import RawData
 from dist_srec.errors import DataError
 from dist_srec.io import read_json, sha256_file
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "valid", "test")
 TIE_BREAK = "timestamp ascending, then source row ascending (stable: equal timestamps keep file order)"
 PLACEHOLDER_TITLE = "Item {key}"
+CATALOG_FILES = ("items.parquet", "users.parquet", "interactions.parquet")
 
 
 @dataclass
@@ -83,23 +91,36 @@ def _kcore(u: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         keep = new
 
 
-def _item_metadata(raw: RawData, strict: bool) -> tuple[dict[str, int], int]:
-    """Map item key -> row in the items file; count (or, strict, reject) missing titles."""
+def _item_metadata(raw: RawData, strict: bool) -> tuple[dict[str, int], int, int]:
+    """Map item key -> row in the items file (the first row of a repeated key); count (or, strict,
+    reject) missing titles and repeated keys."""
     index: dict[str, int] = {}
+    repeated = 0
     for j, key in enumerate(raw.item_keys):
-        index.setdefault(str(key), j)
+        if str(key) in index:
+            repeated += 1
+            if strict:
+                raise DataError(f"item id {key!r} is repeated (first at row {index[str(key)] + 1}; strict mode)",
+                                path=raw.items_path, row=j + 1, field="item_id")  # fmt: skip
+            continue
+        index[str(key)] = j
+    if repeated:
+        log.warning(
+            "%s: %d rows repeat an item id; the first row of each id is kept", raw.items_path, repeated
+        )
     missing = [j for j, t in enumerate(raw.titles) if not str(t).strip()]
     if strict and missing:
         raise DataError(
             "item has no title (strict mode)", path=raw.items_path, row=missing[0] + 1, field="title"
         )
-    return index, len(missing)
+    return index, len(missing), repeated
 
 
 def build_catalog(raw: RawData, cfg: PrepareConfig) -> CatalogArrays:
     """Apply the processing steps in the module docstring to `raw`."""
     stats: dict = {"raw_interactions": len(raw.user_key)}
-    meta_index, untitled = _item_metadata(raw, cfg.strict)
+    meta_index, untitled, repeated = _item_metadata(raw, cfg.strict)
+    stats["repeated_item_rows"] = repeated
     u_keys, u = _natural_unique(raw.user_key)
     i_keys, i = _natural_unique(raw.item_key)
     ts, row = raw.timestamp, raw.row
@@ -168,6 +189,9 @@ def build_catalog(raw: RawData, cfg: PrepareConfig) -> CatalogArrays:
         titles.append(title)
         descs.append(str(raw.descriptions[j]) if j is not None else "")
     stats.update(untitled_in_items_file=untitled, placeholder_titles=placeholders)
+    if placeholders and placeholders == len(titles):
+        log.warning("every item title is a placeholder ('Item <key>'): the LLM reads no titles; check the "
+                    "items file %s (its keys must match the interactions' item ids)", raw.items_path)  # fmt: skip
 
     # 7. leave-last-out split.
     return CatalogArrays(
@@ -249,6 +273,23 @@ class Catalog:
     def load(cls, root: str | Path) -> Catalog:
         return cls(root)
 
+    @cached_property
+    def content_sha256(self) -> str:
+        """sha256 over the catalog files' sha256 (items, users, interactions with their splits): what
+        the catalog holds, not when or where it was prepared (the manifest also records the time). The
+        identity that checkpoints record and compare."""
+        files = self.manifest.get("files", {})
+        missing = [f for f in CATALOG_FILES if f not in files]
+        if missing:
+            raise DataError(f"the manifest lacks the hashes of {missing}", path=self.root / "manifest.json")
+        parts = {f: files[f]["sha256"] for f in CATALOG_FILES}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """The catalog block a checkpoint's config.json records (`catalog_mismatch` compares two)."""
+        return {"data": str(self.root.resolve()), "num_items": self.num_items, "num_users": self.num_users,
+                "content_sha256": self.content_sha256, "manifest_sha256": self.manifest_sha256}  # fmt: skip
+
     def _table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         path = self.root / name
         if not path.is_file():
@@ -282,6 +323,23 @@ class Catalog:
         indptr = np.zeros(self.num_users + 2, dtype=np.int64)
         np.cumsum(np.bincount(user, minlength=self.num_users + 1), out=indptr[1:])
         return indptr, t["item_id"].to_numpy().astype(np.int64)
+
+
+def catalog_mismatch(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """None if the catalog block `recorded` in a checkpoint names the same catalog as `current`
+    (`Catalog.identity()`), else a sentence naming both. Blocks written before content ids existed
+    carry only the manifest's sha256, which matches only the very same prepared directory."""
+    where = lambda b: b.get("data") or b.get("dataset") or "?"  # noqa: E731
+    if recorded.get("num_items") is not None and recorded["num_items"] != current["num_items"]:
+        return (f"it was trained on a catalog of {recorded['num_items']} items, but this catalog has "
+                f"{current['num_items']} (trained on {where(recorded)}, this is {where(current)})")  # fmt: skip
+    want = recorded.get("content_sha256")
+    key = "content_sha256" if want is not None else "manifest_sha256"
+    want = recorded.get(key)
+    if want == current[key]:
+        return None
+    return (f"it was trained on catalog {where(recorded)} ({key} {str(want)[:12]}), this catalog is "
+            f"{where(current)} ({key} {current[key][:12]}): the same item ids would mean other items")  # fmt: skip
 
 
 def now_iso() -> str:

@@ -11,8 +11,8 @@ bf16 has no numpy dtype: bf16 shards are stored as uint16 bit patterns and viewe
 
 The identity ties a store to what made the vectors: the `heads_key` (sha256 of the trained heads'
 tensors and the LM hash), the LM content hash, the teacher's sha256 (its item embeddings enter every item
-prompt), the sha256 of the model config (prompt templates, title budget, head shapes), the data manifest
-sha256, the item count and the vector dim (`vectors_identity`). It does not name a checkpoint file:
+prompt), the sha256 of the model config (prompt templates, title budget, head shapes), the catalog's
+content sha256, the item count and the vector dim (`vectors_identity`). It does not name a checkpoint file:
 training's validation rounds write the store of the heads they evaluate before any checkpoint of them
 exists, and evaluating or serving that checkpoint later finds the same store. This is the one on-disk
 format of item vectors: validation, `dist-srec evaluate`/`recommend` (fp32, `store_dir`) and the batch
@@ -58,7 +58,7 @@ class StoreIdentity:
     lm_content_hash: str
     teacher_sha256: str
     model_config_sha256: str
-    data_manifest_sha256: str
+    catalog_sha256: str
     num_items: int
     dim: int
 
@@ -262,15 +262,15 @@ def heads_key(heads: Mapping[str, Tensor], lm_hash: str) -> str:
 
 
 def vectors_identity(
-    config: Mapping[str, Any], heads: Mapping[str, Tensor], *, manifest_sha256: str, num_items: int
+    config: Mapping[str, Any], heads: Mapping[str, Tensor], *, catalog_sha256: str, num_items: int
 ) -> StoreIdentity:
     """The identity of the item vectors that an LLM-SRec checkpoint's config.json (`config`) and heads
-    make for a catalog (its manifest sha256 and item count)."""
+    make for a catalog (its `Catalog.content_sha256` and item count)."""
     lm_hash = config["llm"]["content_hash"]
     model = json.dumps(config["model"], sort_keys=True, default=str)
     return StoreIdentity(
         heads_key=heads_key(heads, lm_hash), lm_content_hash=lm_hash, teacher_sha256=config["teacher"]["sha256"],
-        model_config_sha256=hashlib.sha256(model.encode()).hexdigest(), data_manifest_sha256=manifest_sha256,
+        model_config_sha256=hashlib.sha256(model.encode()).hexdigest(), catalog_sha256=catalog_sha256,
         num_items=num_items, dim=int(config["model"]["out_dim"]),
     )  # fmt: skip
 

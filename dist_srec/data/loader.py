@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,11 @@ class ShardLoader:
         self._consumed = [0] * self.num_streams
         self._verified: set[str] = set()
 
+    @classmethod
+    def for_checks(cls, data_dir: str | Path, split: str) -> ShardLoader:
+        """A loader of the whole split on one rank, for `verify()`."""
+        return cls(data_dir, split, LoaderConfig(batch_size=1, max_len=1, shuffle=False))
+
     # ------------------------------------------------------------------ plan
     def ranges(self) -> list[tuple[int, int]]:
         return plan_ranges(self.total, self.rank, self.world_size, self.num_streams, self.cfg.remainder)
@@ -183,14 +189,29 @@ class ShardLoader:
             if offset >= stop:
                 return
 
-    def _read_shard(self, entry: dict) -> Iterator[dict]:
+    def verify(self) -> None:
+        """Check every shard of the split now (present, sha256, exact sample count), so that a bad shard
+        is reported before training starts rather than when an epoch or a validation round reaches it."""
+        for entry in self.shards:
+            self._check_shard(entry)
+
+    def _check_shard(self, entry: dict) -> Path:
         path = self.root / entry["file"]
         if not path.is_file():
             raise DataError("shard is missing", path=path)
         if self.cfg.verify_hashes and entry["file"] not in self._verified:
             if sha256_file(path) != entry["sha256"]:
                 raise DataError("shard sha256 does not match the manifest (corrupt or truncated)", path=path)
+            # The read loop stops at the planned count, so a lowered count would go unnoticed there.
+            n = count_samples(path)
+            if n != int(entry["count"]):
+                raise DataError(f"shard holds {n} samples, the manifest says {entry['count']}", path=path,
+                                field="count")  # fmt: skip
             self._verified.add(entry["file"])
+        return path
+
+    def _read_shard(self, entry: dict) -> Iterator[dict]:
+        path = self._check_shard(entry)
         n = 0
         try:
             with wds.gopen(str(path), "rb") as stream:
@@ -252,6 +273,17 @@ class ShardLoader:
                     )
         self.epoch = int(state["epoch"])
         self._consumed = list(state["consumed"]) if mid_epoch else [0] * self.num_streams
+
+
+def count_samples(path: Path) -> int:
+    """The number of samples in a webdataset tar: runs of members sharing a key (the name up to the
+    first dot of its base name), read from the tar headers only."""
+    try:
+        with tarfile.open(path) as tf:
+            keys = [re.sub(r"\.[^/]*$", "", m.name) for m in tf if m.isfile()]
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise DataError(f"cannot read shard: {e}", path=path) from e
+    return sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
 
 
 def _decode(raw: dict, path: Path, n: int) -> dict:

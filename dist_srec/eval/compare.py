@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dist_srec.eval.protocols import (
-    EvalProtocol,
-    UserItems,
-)
+from dist_srec.eval.protocols import EvalProtocol, UserItems
 from dist_srec.eval.tables import Batch, UserVecFn, evaluate_tables, user_table
 
 

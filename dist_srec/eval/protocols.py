@@ -72,6 +72,25 @@ class EvalProtocol:
         self.ks = tuple(int(k) for k in self.ks)
 
 
+def check_negatives(user_items: UserItems, num_items: int, n: int, field: str = "eval_negatives") -> None:
+    """`ConfigError` before any work if some user has fewer than `n` unseen items to sample from (the
+    sampled protocol draws `n` items each user never interacted with)."""
+    if num_items - 1 < n:
+        raise ConfigError(f"config field '{field}': {n} sampled negatives per user, but the catalog has only "
+                          f"{num_items} items")  # fmt: skip
+    indptr, indices = user_items
+    lengths = np.diff(indptr)  # >= distinct items per user: only rows that might fail are deduplicated
+    for u in np.flatnonzero(num_items - lengths < n).tolist():
+        if u == 0:
+            continue  # row 0 is padding
+        seen = len(np.unique(indices[indptr[u] : indptr[u + 1]]))
+        if num_items - seen < n:
+            raise ConfigError(
+                f"config field '{field}': {n} sampled negatives per user, but user {u} has interacted with "
+                f"{seen} of the {num_items} items, leaving {num_items - seen} to sample"
+            )
+
+
 def sample_negatives(
     users: np.ndarray, targets: np.ndarray, user_items: UserItems, num_items: int, n: int, seed: int
 ) -> np.ndarray:

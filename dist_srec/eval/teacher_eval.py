@@ -10,13 +10,7 @@ import numpy as np
 
 from dist_srec.data.loader import rank_loader
 from dist_srec.eval.metrics import finalize
-from dist_srec.eval.protocols import (
-    EvalProtocol,
-    UserItems,
-    all_reduce_sums,
-    evaluate_full,
-    evaluate_sampled,
-)
+from dist_srec.eval.protocols import EvalProtocol, UserItems, all_reduce_sums, evaluate_full, evaluate_sampled
 from dist_srec.models.sasrec import SASRec
 from dist_srec.parallel.context import TrainContext
 

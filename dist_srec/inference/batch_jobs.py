@@ -166,7 +166,7 @@ def _job(cfg: BatchRecConfig, identity: StoreIdentity, users: np.ndarray) -> dic
     n_parts = -(-len(users) // cfg.users_per_shard)
     return {
         "format": JOB_FORMAT, "checkpoint_sha256": model_sha256(cfg.ckpt), "heads_key": identity.heads_key,
-        "data_manifest_sha256": identity.data_manifest_sha256, "k": cfg.k,
+        "catalog_sha256": identity.catalog_sha256, "k": cfg.k,
         "users": "all" if cfg.users == "all" else str(Path(cfg.users).resolve()),
         "users_sha256": None if cfg.users == "all" else sha256_file(cfg.users), "num_users": len(users),
         "users_per_shard": cfg.users_per_shard, "dtype": cfg.layout.dtype,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dist_srec.data.catalog import Catalog
+from dist_srec.data.catalog import Catalog, catalog_mismatch
 from dist_srec.data.item_vectors import (
     MANIFEST,
     StoreIdentity,
@@ -36,7 +36,7 @@ from dist_srec.data.item_vectors import (
     vectors_identity,
     write_shard,
 )
-from dist_srec.errors import ConfigError, DataError
+from dist_srec.errors import CheckpointError, ConfigError, DataError
 from dist_srec.eval.tables import encode_id_range
 from dist_srec.io import read_json, write_json_atomic
 from dist_srec.train.checkpoint import load_checkpoint
@@ -65,8 +65,11 @@ def checkpoint_identity(ckpt: str | Path, data: str | Path | None = None) -> Sto
     ck = load_checkpoint(ckpt, with_train_state=False)
     require_srec_format(ck.config, ckpt)
     cat = Catalog.load(data or ck.config["catalog"]["data"])
+    why = catalog_mismatch(ck.config["catalog"], cat.identity())
+    if why is not None:  # before any store is created for it
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this catalog: {why}")
     return vectors_identity(
-        ck.config, ck.model_state, manifest_sha256=cat.manifest_sha256, num_items=cat.num_items
+        ck.config, ck.model_state, catalog_sha256=cat.content_sha256, num_items=cat.num_items
     )
 
 

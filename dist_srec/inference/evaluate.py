@@ -10,7 +10,7 @@ from typing import Any
 from dist_srec.data.catalog import Catalog
 from dist_srec.data.loader import rank_loader
 from dist_srec.eval.compare import compare_models
-from dist_srec.eval.protocols import EvalProtocol, result_record, select_users, write_results
+from dist_srec.eval.protocols import EvalProtocol, check_negatives, result_record, select_users, write_results
 from dist_srec.eval.teacher_eval import evaluate_model
 from dist_srec.inference.load import catalog_vectors, load_srec
 from dist_srec.parallel.context import TrainContext
@@ -46,6 +46,7 @@ def evaluate_srec(
     ]
     selected = select_users(cat.num_users, num_users, seed)
     user_items = cat.user_items()
+    check_negatives(user_items, cat.num_items, num_negatives, field="num_negatives")
     width = int(max(1, (user_items[0][1:] - user_items[0][:-1]).max()))  # whole histories (exact exclusion)
     ctx = TrainContext()
     batches = lambda: rank_loader(cat.root, split, batch_size, width, ctx, shuffle=False, remainder="pad")  # noqa: E731
@@ -98,9 +99,11 @@ def evaluate_teacher(
 
     ctx = ctx or TrainContext()
     cat = Catalog.load(data_dir)
-    model, _ = load_teacher(ckpt, num_items=cat.num_items)
+    model, _ = load_teacher(ckpt, catalog=cat.identity())
     model.to(ctx.device)
     user_items = cat.user_items()
+    if "sampled" in protocols:
+        check_negatives(user_items, cat.num_items, num_negatives, field="num_negatives")
     records = []
     for name in protocols:
         for excl in exclude_history if name == "full" else (False,):

@@ -66,7 +66,7 @@ def catalog_vectors(
     Read when a complete store of the same identity is there (a validation round of the run that made
     the checkpoint writes it), else encoded and written."""
     ident = vectors_identity(
-        conf, model.trainable_state_dict(), manifest_sha256=cat.manifest_sha256, num_items=cat.num_items
+        conf, model.trainable_state_dict(), catalog_sha256=cat.content_sha256, num_items=cat.num_items
     )
     run_dir = Path(ckpt).resolve().parent
     root = store_dir(run_dir, ident, TABLE_LAYOUT.dtype)

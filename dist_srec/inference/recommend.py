@@ -55,18 +55,35 @@ def user_history(cat: Catalog, user_key: str) -> tuple[list[int], list[int]]:
 
 
 def titles_to_items(cat: Catalog, titles: list[str]) -> list[int]:
-    """Item ids of titles (exact, then case-insensitive); an unknown title lists close matches."""
-    exact = {t: i for i, t in enumerate(cat.titles) if i}
-    folded = {t.casefold(): i for t, i in exact.items()}
+    """Item ids of history entries: a title (exact, then case-insensitive) or `#<item id>`.
+
+    An unknown title lists close matches; a title that several items share is an error listing their
+    ids, so the user picks one with `#<id>` instead of silently getting one of them.
+    """
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    for i, t in enumerate(cat.titles):
+        if i:
+            exact.setdefault(t, []).append(i)
+            folded.setdefault(t.casefold(), []).append(i)
     out = []
     for t in titles:
         t = t.strip()
         if not t:
             continue
-        i = exact.get(t, folded.get(t.casefold()))
-        if i is None:
+        if t.startswith("#") and t[1:].isdigit():
+            i = int(t[1:])
+            if not 1 <= i <= cat.num_items:
+                raise DataError(f"item id {t} is outside the catalog's 1..{cat.num_items}", field="history")
+            out.append(i)
+            continue
+        ids = exact.get(t) or folded.get(t.casefold())
+        if ids is None:
             raise unknown_key_error(t, list(exact), "title")
-        out.append(i)
+        if len(ids) > 1:
+            raise DataError(f"title {t!r} is shared by items {ids}; name the one you mean as '#<id>' "
+                            f"(e.g. '#{ids[0]}')", field="history")  # fmt: skip
+        out.append(ids[0])
     if not out:
         raise DataError("the history names no titles", field="history")
     return out
@@ -90,6 +107,8 @@ def recommend(
 
     if (user is None) == (history is None):
         raise DataError("give exactly one of --user and --history")
+    if k < 1:
+        raise DataError(f"k={k}: must be >= 1", field="k")
     model, conf, cat = loaded or load_srec(ckpt, data=data)
     if k > cat.num_items:
         raise DataError(f"k={k} is larger than the catalog ({cat.num_items} items)", field="k")

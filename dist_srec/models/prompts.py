@@ -271,12 +271,18 @@ class PromptBuilder:
     def _truncate_titles(self, titles: Sequence[str | None]) -> list[str | None]:
         clean = [None if t is None else _strip_markers(str(t)) for t in titles]
         present = [i for i, t in enumerate(clean) if t is not None]
-        enc = self.tok([clean[i] for i in present], add_special_tokens=False)["input_ids"] if present else []
+        enc = self._tokenize_titles([clean[i] for i in present]) if present else []
         budget = self.cfg.title_max_tokens
         for i, ids in zip(present, enc):
             if len(ids) > budget:
                 clean[i] = self.tok.decode(ids[:budget]).rstrip("\ufffd").rstrip()
         return clean
+
+    def _tokenize_titles(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of item text. Special tokens written in it (ours or the LM's, e.g. `<|im_start|>`)
+        are tokenised as plain text: item text can never inject a control token; only the builder
+        places the marker ids, from the templates."""
+        return self.tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids of each text, memoised by string; misses are encoded in one batch call."""
@@ -293,7 +299,7 @@ class PromptBuilder:
         if key not in self._chunks:
             left, right = key
             texts = [left + (t or "") + right for t in self.titles]
-            enc = self.tok(texts, add_special_tokens=False)["input_ids"]
+            enc = self._tokenize_titles(texts)
             offsets = np.zeros(len(enc) + 1, dtype=np.int64)
             offsets[1:] = np.cumsum([len(e) for e in enc])
             flat = np.fromiter((i for e in enc for i in e), dtype=np.int64, count=int(offsets[-1]))
@@ -411,6 +417,13 @@ class PromptBuilder:
 
 
 def _strip_markers(title: str) -> str:
-    for m in _MARKERS:
-        title = title.replace(m, "")
-    return title
+    """`title` without the marker strings, removed to a fixed point (`[Hist[HistoryEmb]oryEmb]` leaves
+    nothing behind). Cosmetic: titles are tokenised with special tokens split, so a marker left in the
+    text would be plain text anyway."""
+    while True:
+        out = title
+        for m in _MARKERS:
+            out = out.replace(m, "")
+        if out == title:
+            return out
+        title = out

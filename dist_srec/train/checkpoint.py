@@ -78,8 +78,10 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     rng: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (see module docstring); returns its path."""
+    """Write a checkpoint directory atomically (see module docstring); returns its path. Weights that
+    are not finite are refused (`CheckpointError` naming the tensor): no NaN is ever saved."""
     path = Path(path)
+    _require_finite(model_state, f"weights to be saved in {path}")
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, tmp / MODEL_FILE)
@@ -109,6 +111,7 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = True) -> Check
         config = read_json(path / CONFIG_FILE)
     except ValueError as e:
         raise CheckpointError(f"checkpoint file {path / CONFIG_FILE} is not valid JSON: {e}") from e
+    _require_finite(model_state, str(path / MODEL_FILE))
     ckpt = Checkpoint(path=path, model_state=model_state, config=config)
     if with_train_state and (path / STATE_JSON_FILE).is_file():
         try:
@@ -136,3 +139,11 @@ def rng_state() -> dict[str, Tensor]:
 def set_rng_state(rng: dict[str, Tensor] | None) -> None:
     if rng and "torch_cpu" in rng:
         torch.set_rng_state(rng["torch_cpu"].to(torch.uint8))
+
+
+def _require_finite(state: dict[str, Tensor], where: str) -> None:
+    """`CheckpointError` naming the first floating tensor of `state` with a NaN or inf."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{where}: tensor '{name}' has {bad} non-finite values (NaN or inf)")

@@ -25,131 +25,36 @@ each `last` save), so a Ray Train reporter can use it as the barrier it is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
-from dist_srec.config import check
-from dist_srec.errors import CheckpointError, ConfigError
+from dist_srec.errors import CheckpointError, ConfigError, OutputBusyError, TrainingError
+from dist_srec.io import clean_stale_temporaries, exclusive_output, recover_atomic
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train import checkpoint as ckpt_io
+from dist_srec.train.loop_types import (
+    BatchLoader,
+    LoopConfig,
+    Reporter,
+    TrainState,
+    TrainTask,
+    Validate,
+    step_generator,
+)
+from dist_srec.train.metric_logging import MultiLogger
+from dist_srec.train.run_log import interactive, mean_over_ranks, peak_memory_gb, progress_line
 from dist_srec.train.stepper import Stepper, TorchStepper
-
-
-@dataclass(kw_only=True)
-class LoopConfig:
-    """Optimisation, validation and checkpoint cadence of a training run."""
-
-    epochs: int = 1
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    lr_decay: float = 1.0
-    """lr is multiplied by this after every validation round (LLM-SRec: 0.95)."""
-    eval_every_steps: int = 0
-    """Validate every this many steps (0 = at the end of every `eval_every_epochs` epochs)."""
-    eval_every_epochs: int = 1
-    patience: int = 5
-    """Validation rounds without improvement before stopping early (0 = never)."""
-    select_metric: str = "ndcg@10"
-    max_steps: int = 0
-    """Stop after this many optimizer steps in all (0 = no limit)."""
-    time_budget_s: float = 0.0
-    """Stop after the step in which this much training time is spent (0 = no budget); the end state
-    is then validated once."""
-    save_every_steps: int = 0
-    """Also write `last` every this many steps (0 = only at validation rounds and epoch ends)."""
-    log_every_steps: int = 10
-    seed: int = 42
-    resume: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.eval_every_epochs >= 1, "eval_every_epochs", f"must be >= 1, got {self.eval_every_epochs}")
-        check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
-        for name in ("eval_every_steps", "patience", "max_steps", "save_every_steps"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", f"bad {self.betas}")
-        check(self.time_budget_s >= 0, "time_budget_s", f"must be >= 0, got {self.time_budget_s}")
-
-
-class BatchLoader(Protocol):
-    """What the loop needs from a loader (`dist_srec.data.loader.ShardLoader` is one)."""
-
-    def __iter__(self) -> Iterator[Mapping[str, Tensor]]: ...
-    def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class TrainTask(Protocol):
-    """What is trained. `module` holds everything (frozen parts included); `trainable()` is optimised."""
-
-    name: str
-    module: nn.Module
-
-    def setup(self, ctx: TrainContext) -> None:
-        """Move to `ctx.device` and wrap for data parallelism (the loss must run through the wrapper)."""
-
-    def trainable(self) -> list[nn.Parameter]: ...
-
-    def loss(self, batch: Mapping[str, Tensor], gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        """Mean loss of this rank's batch, plus plain-number logs (loss terms, token counts)."""
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The weights a checkpoint holds."""
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
-
-    def config_json(self) -> dict[str, Any]:
-        """config.json of a checkpoint: enough to rebuild and to check what it belongs to."""
-
-    def check_checkpoint(self, config: Mapping[str, Any], path: Path) -> None:
-        """Raise `CheckpointError` if a checkpoint with this config.json cannot resume this task."""
-
-
-Validate = Callable[[Any], dict[str, float]]  # task (eval mode) -> metrics, identical on every rank
-Reporter = Callable[[dict[str, float], "Path | None"], None]
-
-
-@dataclass
-class TrainState:
-    """Progress, saved in `last/train_state.json`."""
-
-    epoch: int = 0
-    """The epoch in progress (0-based); complete epochs = epoch when `epoch_done`."""
-    global_step: int = 0
-    lr: float = 0.0
-    best_metric: float = -math.inf
-    best_step: int = -1
-    bad_rounds: int = 0
-    elapsed_s: float = 0.0
-    samples: int = 0
-    tokens: int = 0
-    """Prompt tokens processed, summed over ranks (0 for tasks that do not count them)."""
-    stopped: str = ""
-    """Why training ended: "", "epochs", "max_steps", "early_stop", "time_budget"."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The sampling RNG of one step: a function of (seed, rank, step) only, so resume replays it."""
-    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> 1))
 
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:
@@ -201,6 +106,7 @@ class Trainer:
             make(adam) if make is not None else TorchStepper(adam, getattr(task, "sync_grads", None))
         )
         self.state = TrainState(lr=cfg.lr)
+        self.metrics: MultiLogger | None = None  # rank 0, while `fit` runs
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout; replaced by the saved RNG state on resume
 
     @property
@@ -252,10 +158,18 @@ class Trainer:
             )
         self._report({}, self.last_dir)
 
-    def _report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+    def _report(self, metrics: dict[str, float], checkpoint: Path | None) -> dict[str, float]:
+        """On every rank at the same points: hand this rank's metrics to the reporter, and log their mean
+        over ranks (rank 0); returns the mean."""
+        st = self.state
+        mine = {"step": st.global_step, "epoch": st.epoch, "lr": st.lr, **metrics,
+                "peak_memory_gb": peak_memory_gb(self.ctx.device)}  # fmt: skip
+        out = mean_over_ranks(mine, self.ctx)
+        if self.metrics is not None:
+            self.metrics.log({**out, "checkpoint": checkpoint is not None}, st.global_step)
         if self.reporter is not None:
-            base = {"step": self.state.global_step, "epoch": self.state.epoch, "lr": self.state.lr}
-            self.reporter({**base, **metrics}, checkpoint)
+            self.reporter(mine, checkpoint)
+        return out
 
     # ------------------------------------------------------------------------------ validation
     def _validate_round(self, train_logs: dict[str, float]) -> bool:
@@ -267,6 +181,12 @@ class Trainer:
         if self.cfg.select_metric not in metrics:
             raise ConfigError(f"select_metric '{self.cfg.select_metric}' is not among {sorted(metrics)}")
         score = float(metrics[self.cfg.select_metric])
+        if not math.isfinite(score):
+            raise TrainingError(
+                f"validation {self.cfg.select_metric} is {score} at step {st.global_step}: the model's scores "
+                f"are not finite; nothing was saved as best (last good checkpoint: {self.last_dir})"
+            )
+        self._report({f"valid_{k}": float(v) for k, v in metrics.items()}, None)
         improved = score > st.best_metric
         if improved:
             st.best_metric, st.best_step, st.bad_rounds = score, st.global_step, 0
@@ -297,7 +217,11 @@ class Trainer:
         batch = {k: v.to(self.ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gen = step_generator(self.cfg.seed, self.ctx.rank, self.state.global_step)
         loss, logs = self.task.loss(batch, gen)
+        self._require_finite("loss", loss.detach(), logs)
         self.opt.backward(loss)
+        grads = [p.grad for p in self.task.trainable() if p.grad is not None]
+        self._require_finite("gradient", torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
+                             if grads else torch.zeros(()), logs)  # fmt: skip
         self.opt.step()
         self.state.global_step += 1
         self.state.samples += int(batch["mask"].sum()) * self.ctx.world_size
@@ -307,6 +231,19 @@ class Trainer:
             tokens = (local, self._sum_over_ranks(local))
             self.state.tokens += tokens[1]
         return {"loss": float(loss.detach()), **logs}, tokens
+
+    def _require_finite(self, what: str, value: Tensor, logs: dict[str, float]) -> None:
+        """Raise `TrainingError` on every rank if `value` is not finite on any rank, before the optimizer
+        step: the weights stay those of the last good step, and no checkpoint is written from this one."""
+        if not self.ctx.agree(not bool(torch.isfinite(value).all())):
+            return
+        st = self.state
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, float))
+        raise TrainingError(
+            f"non-finite {what} at step {st.global_step + 1} (epoch {st.epoch + 1}, lr {st.lr:g}; {terms}); "
+            f"training stopped before the optimizer step. Lower --lr, or check the inputs; the last good "
+            f"checkpoint is {self.last_dir}"
+        )
 
     def _sum_over_ranks(self, n: int) -> int:
         if self.ctx.world_size <= 1 or not dist.is_initialized():
@@ -321,11 +258,14 @@ class Trainer:
         """Run (the rest of) the current epoch; returns a stop reason, or "" at the epoch's end."""
         cfg, st = self.cfg, self.state
         self.loader.set_epoch(st.epoch)
-        sums: dict[str, float] = {}
+        sums, done = st.epoch_sums, st.epoch_steps  # carried over a mid-epoch resume
         tokens = [0, 0]  # this epoch's prompt tokens: this rank's, all ranks'
         t_first = time.perf_counter()
+        show = self.ctx.is_main and cfg.progress
         bar = tqdm(self.loader, desc=f"{self.task.name} epoch {st.epoch + 1}/{cfg.epochs}",
-                   disable=not (self.ctx.is_main and cfg.progress), leave=False, dynamic_ncols=True)  # fmt: skip
+                   disable=not (show and interactive()), leave=False, dynamic_ncols=True)  # fmt: skip
+        total = cfg.max_steps or cfg.epochs * len(self.loader)
+        step0 = st.global_step
         t0 = time.perf_counter()
         for n, batch in enumerate(bar, start=1):
             logs, step_tokens = self._step(batch)
@@ -333,7 +273,8 @@ class Trainer:
             st.elapsed_s, t0 = st.elapsed_s + now - t0, now
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-            self._means = {f"train_{k}": v / n for k, v in sums.items()}
+            st.epoch_steps = done + n
+            self._means = {f"train_{k}": v / st.epoch_steps for k, v in sums.items()}
             span = max(now - t_first, 1e-9)
             rates = {"samples_per_s": n * int(batch["mask"].numel()) * self.ctx.world_size / span}
             if step_tokens is not None:
@@ -346,7 +287,11 @@ class Trainer:
             bar.set_postfix({"loss": f"{self._means['train_loss']:.4f}", "samples/s": f"{rates['samples_per_s']:.2f}",
                              **({"tokens/s": f"{rates['tokens_per_s']:.0f}"} if step_tokens else {})})  # fmt: skip
             if st.global_step % cfg.log_every_steps == 0:
-                self._report({**self._means, **rates}, None)
+                out = self._report({**self._means, **rates}, None)
+                if show and not interactive():
+                    eta = (total - st.global_step) * span / max(st.global_step - step0, 1)
+                    print(progress_line(self.task.name, out, total_steps=total, epochs=cfg.epochs, eta_s=eta,
+                                        memory_gb=out["peak_memory_gb"]), flush=True)  # fmt: skip
             if cfg.max_steps and st.global_step >= cfg.max_steps:
                 return "max_steps"
             if cfg.eval_every_steps and st.global_step % cfg.eval_every_steps == 0:
@@ -366,6 +311,33 @@ class Trainer:
         state). A resumed run continues unless it had stopped early; larger `epochs`, `max_steps` or
         `time_budget_s` than the saved run's extend it.
         """
+        with contextlib.ExitStack() as stack:
+            self._take_output(stack)
+            if self.ctx.is_main:
+                self.metrics = stack.enter_context(
+                    contextlib.closing(MultiLogger(self.out, self.cfg.metric_loggers))
+                )
+            return self._fit()
+
+    def _take_output(self, stack: contextlib.ExitStack) -> None:
+        """Rank 0 locks the output directory for the run (a second writer is refused on every rank),
+        finishes a checkpoint swap that a kill interrupted, and deletes stale temporaries."""
+        busy: OutputBusyError | None = None
+        if self.ctx.is_main:
+            try:
+                stack.enter_context(exclusive_output(self.out, f"{self.task.name} training"))
+            except OutputBusyError as e:
+                busy = e
+            else:
+                for d in (self.last_dir, self.best_dir):
+                    if recover_atomic(d):
+                        tqdm.write(f"[{self.task.name}] recovered {d} from an interrupted save")
+                    clean_stale_temporaries(d)
+        if self.ctx.agree(busy is not None):
+            raise busy or OutputBusyError(f"{self.out} is being written by another run (see rank 0's error)")
+        self.ctx.barrier()
+
+    def _fit(self) -> TrainState:
         cfg = self.cfg
         self.maybe_resume()
         st = self.state
@@ -383,7 +355,7 @@ class Trainer:
             else:
                 reason = self._run_epoch()
                 if not reason:
-                    st.epoch += 1
+                    st.epoch, st.epoch_sums, st.epoch_steps = st.epoch + 1, {}, 0
                     due = not cfg.eval_every_steps and st.epoch % cfg.eval_every_epochs == 0
                     if due and st.epoch < cfg.epochs and self._validate_round(self._means):
                         reason = "early_stop"

@@ -35,7 +35,7 @@ def build_model(
     With `deepspeed`, every rank must call this (the LM is placed collectively, see
     `dist_srec.parallel.lm_engine`); `micro_batch` is the per-rank batch DeepSpeed's config records.
     """
-    teacher, _ = load_teacher(teacher_path, num_items=cat.num_items)
+    teacher, _ = load_teacher(teacher_path, catalog=cat.identity())
     compose: Any = contextlib.nullcontext()
     if deepspeed is None:
         lm = load_frozen_lm(llm_cfg, device)
@@ -50,9 +50,7 @@ def build_model(
         "lm_hash": lm.content_hash(),
         "teacher_path": teacher_path,
         "teacher_sha256": ckpt_io.model_sha256(teacher_path),
-        "data_dir": cat.root,
-        "num_items": cat.num_items,
-        "manifest_sha256": cat.manifest_sha256,
+        "catalog": cat.identity(),
         "model_cfg": model_cfg,
     }
     return model, parts

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dist_srec.data.catalog import catalog_mismatch
 from dist_srec.errors import CheckpointError
 from dist_srec.models.llmsrec import LLMSRec
 from dist_srec.parallel.context import TrainContext
@@ -44,7 +45,7 @@ class SRecTask:
     Args:
         model: the composed `LLMSRec`.
         identity: what the checkpoint belongs to and how to rebuild it: {"llm": {...}, "teacher":
-            {"path", "sha256"}, "catalog": {"num_items", "manifest_sha256", "data"}, "model": {...},
+            {"path", "sha256"}, "catalog": `Catalog.identity()`, "model": {...},
             "train": {...}}.
         deepspeed: the DeepSpeed placement the LM was loaded with (its `pattern` says who steps).
         micro_batch: users per step and rank (DeepSpeed's config records it).
@@ -144,8 +145,10 @@ def check_identity(config: Mapping[str, Any], expected: Mapping[str, Any], path:
     """Raise `CheckpointError` unless checkpoint `config` was made for the same LM, teacher, catalog and
     head shapes as `expected`."""
     require_srec_format(config, path)
+    why = catalog_mismatch(config["catalog"], expected["catalog"])
+    if why is not None:
+        raise CheckpointError(f"checkpoint {path} does not fit this catalog: {why}")
     pairs = [
-        ("catalog.num_items", config["catalog"]["num_items"], expected["catalog"]["num_items"]),
         ("llm.content_hash", config["llm"]["content_hash"], expected["llm"]["content_hash"]),
         ("teacher.sha256", config["teacher"]["sha256"], expected["teacher"]["sha256"]),
         ("model", _shape_cfg(config["model"]), _shape_cfg(expected["model"])),
@@ -165,9 +168,7 @@ def identity(
     lm_hash: str,
     teacher_path: str | Path,
     teacher_sha256: str,
-    data_dir: str | Path,
-    num_items: int,
-    manifest_sha256: str,
+    catalog: Mapping[str, Any],
     model_cfg: Any,
     train: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -175,11 +176,7 @@ def identity(
     return {
         "llm": {**asdict(llm_cfg), "content_hash": lm_hash},
         "teacher": {"path": str(Path(teacher_path).resolve()), "sha256": teacher_sha256},
-        "catalog": {
-            "data": str(Path(data_dir).resolve()),
-            "num_items": num_items,
-            "manifest_sha256": manifest_sha256,
-        },
+        "catalog": dict(catalog),
         "model": asdict(model_cfg),
         "train": dict(train),
     }

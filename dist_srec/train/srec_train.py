@@ -25,7 +25,9 @@ from dist_srec.models.lm_sources import resolve_llm_path
 from dist_srec.parallel.context import TrainContext
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.parallel.lm_engine import init_deepspeed_distributed
-from dist_srec.train.loop import LoopConfig, Trainer, TrainState
+from dist_srec.train.loop import Trainer
+from dist_srec.train.loop_types import LoopConfig, TrainState
+from dist_srec.train.preflight import check_run_inputs
 from dist_srec.train.srec_build import build_model
 from dist_srec.train.srec_task import SRecTask, identity
 from dist_srec.train.sysmem import check_mmap_threshold, fix_mmap_threshold
@@ -80,6 +82,9 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     ctx = ctx or TrainContext.from_env(cfg.device)
     fix_mmap_threshold(cfg.mmap_threshold_bytes)
     cat = Catalog.load(cfg.data)
+    user_items = cat.user_items()
+    check_run_inputs(cat, user_items, ctx, splits=("train", "valid"), eval_negatives=cfg.eval_negatives,
+                     train_negatives=cfg.model.loss.num_negatives)  # fmt: skip
     ctx.local_first(lambda: resolve_llm_path(cfg.llm))  # one rank per machine builds a cached copy
     if cfg.deepspeed is not None:
         init_deepspeed_distributed()
@@ -92,7 +97,6 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     )
     loader = rank_loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
-    user_items = cat.user_items()
     proto = EvalProtocol(
         protocol="sampled",
         split="valid",
@@ -114,7 +118,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
         items = item_table(m, cat.num_items, progress=show, ctx=ctx)
         heads = m.trainable_state_dict()  # every rank: heads partitioned by one engine are gathered
         if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
-            ident = vectors_identity(t.config_json(), heads, manifest_sha256=cat.manifest_sha256,
+            ident = vectors_identity(t.config_json(), heads, catalog_sha256=cat.content_sha256,
                                      num_items=cat.num_items)  # fmt: skip
             write_table(store_dir(cfg.out, ident, TABLE_LAYOUT.dtype), ident, items, TABLE_LAYOUT)
             prune_stores(Path(cfg.out) / "cache", TABLE_LAYOUT.dtype, keep=VALIDATION_STORES_KEPT)

@@ -32,17 +32,17 @@ import torch
 from torch import Tensor
 
 from dist_srec.config import check
-from dist_srec.data.catalog import Catalog
+from dist_srec.data.catalog import Catalog, catalog_mismatch
 from dist_srec.data.loader import rank_loader
 from dist_srec.errors import CheckpointError
-from dist_srec.eval.protocols import (
-    EvalProtocol,
-)
+from dist_srec.eval.protocols import EvalProtocol
 from dist_srec.eval.teacher_eval import evaluate_model
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.loop import BatchLoader, LoopConfig, Reporter, Trainer, TrainState
+from dist_srec.train.loop import Trainer
+from dist_srec.train.loop_types import BatchLoader, LoopConfig, Reporter, TrainState
+from dist_srec.train.preflight import check_run_inputs
 from dist_srec.train.teacher_loss import sampled_softmax_loss, teacher_loss
 
 __all__ = ["TeacherTask", "TeacherTrainConfig", "TrainState", "load_teacher", "train_teacher"]
@@ -100,12 +100,23 @@ class TeacherTrainConfig:
 
 
 def check_teacher_config(
-    config: Mapping[str, Any], path: Path, *, num_items: int | None = None, hidden: int | None = None
+    config: Mapping[str, Any],
+    path: Path,
+    *,
+    num_items: int | None = None,
+    hidden: int | None = None,
+    catalog: Mapping[str, Any] | None = None,
 ) -> SASRecConfig:
-    """The model config of a teacher checkpoint's config.json, checked against the catalog it meets."""
+    """The model config of a teacher checkpoint's config.json, checked against the catalog it meets
+    (`catalog`: `Catalog.identity()`; its item count, and that it is the very catalog trained on)."""
     if config.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a SASRec teacher checkpoint (format {config.get('format')!r})")
     cfg = SASRecConfig(**config["model"])
+    if catalog is not None:
+        why = catalog_mismatch({"num_items": cfg.num_items, **config.get("catalog", {})}, catalog)
+        if why is not None:
+            raise CheckpointError(f"teacher checkpoint {path} does not fit this catalog: {why}; train the "
+                                  "teacher on this data (dist-srec pretrain-teacher) or use its catalog")  # fmt: skip
     if num_items is not None and cfg.num_items != num_items:
         raise CheckpointError(
             f"teacher checkpoint {path} was trained on a catalog of {cfg.num_items} items, but this catalog "
@@ -135,6 +146,7 @@ def load_teacher(
     num_items: int | None = None,
     hidden: int | None = None,
     with_train_state: bool = False,
+    catalog: Mapping[str, Any] | None = None,
 ) -> tuple[SASRec, ckpt_io.Checkpoint]:
     """Rebuild a teacher from a checkpoint directory, checked against the catalog it will be used with.
 
@@ -142,7 +154,9 @@ def load_teacher(
     from `num_items` / `hidden` (when given), or its tensors do not fit its own config.
     """
     ck = ckpt_io.load_checkpoint(path, with_train_state=with_train_state)
-    model = SASRec(check_teacher_config(ck.config, ck.path, num_items=num_items, hidden=hidden))
+    model = SASRec(
+        check_teacher_config(ck.config, ck.path, num_items=num_items, hidden=hidden, catalog=catalog)
+    )
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in ck.model_state.items()}
     if expected != got:
@@ -191,7 +205,8 @@ class TeacherTask:
 
     def check_checkpoint(self, config: Mapping[str, Any], path: Path) -> None:
         mine = self.model.cfg
-        cfg = check_teacher_config(config, path, num_items=mine.num_items, hidden=mine.hidden)
+        cfg = check_teacher_config(config, path, num_items=mine.num_items, hidden=mine.hidden,
+                                   catalog=self.meta or None)  # fmt: skip
         if asdict(cfg) != asdict(mine):
             raise CheckpointError(f"{path} holds a teacher with config {asdict(cfg)}, not {asdict(mine)}")
 
@@ -237,6 +252,9 @@ def pretrain_teacher(
     cfg, ctx = cfg or TeacherTrainConfig(), ctx or TrainContext()
     cat = Catalog.load(data_dir)
     user_items = cat.user_items()
+    sampled = cfg.num_negatives if cfg.loss == "sampled_softmax" else None
+    check_run_inputs(cat, user_items, ctx, splits=("train", "valid"), eval_negatives=cfg.eval_negatives,
+                     train_negatives=sampled)  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
         teacher = SASRec(SASRecConfig(num_items=cat.num_items, **(model or {})))
@@ -261,7 +279,7 @@ def pretrain_teacher(
         }
         return evaluate_model(m, data_dir, valid, **kw)
 
-    meta = {"num_items": cat.num_items, "num_users": cat.num_users, "manifest_sha256": cat.manifest_sha256}
+    meta = cat.identity()
     source = cat.manifest.get("source")
     meta["dataset"] = source.get("dataset") if isinstance(source, dict) else source
     state = train_teacher(

@@ -30,7 +30,7 @@ def distill_loss(
     uniformity: bool = True,
 ) -> DistillTerms:
     """(MSE(û, ĉ), U(û), U(ĉ)) in fp32; see `distill_loss_reference`."""
-    if _use_triton(u):
+    if _use_triton(u, "distill_loss"):
         from .triton_impl import (
             distill_loss_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
         )

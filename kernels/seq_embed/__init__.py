@@ -33,7 +33,7 @@ def seq_embed(
     out_ids: Sequence[int],
 ) -> Tensor:  # [B, T, H]
     """Spliced input embeddings [B, T, H]; see `seq_embed_reference` for the contract."""
-    if _use_triton(table):
+    if _use_triton(table, "seq_embed"):
         from .triton_impl import (
             seq_embed_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
         )

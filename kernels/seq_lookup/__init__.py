@@ -32,7 +32,7 @@ def seq_lookup(
     scale: float,
 ) -> Tensor:  # [B, L, D] in item_table.dtype
     """(E[ids] · scale + P) with padding rows zeroed; see `reference.seq_lookup_reference`."""
-    if _use_triton(item_table):
+    if _use_triton(item_table, "seq_lookup"):
         from .triton_impl import (
             seq_lookup_triton,  # deferred: triton is optional and must load after TRITON_INTERPRET is set
         )

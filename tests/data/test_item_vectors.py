@@ -29,7 +29,7 @@ N, D = 103, 8
 
 def _identity(**kw) -> StoreIdentity:
     base = {"heads_key": "h" * 24, "lm_content_hash": "l" * 64, "teacher_sha256": "t" * 64,
-            "model_config_sha256": "c" * 64, "data_manifest_sha256": "m" * 64, "num_items": N, "dim": D}  # fmt: skip
+            "model_config_sha256": "c" * 64, "catalog_sha256": "m" * 64, "num_items": N, "dim": D}  # fmt: skip
     return StoreIdentity(**{**base, **kw})
 
 
@@ -122,8 +122,8 @@ def test_vectors_of_another_checkpoint_or_catalog_are_refused(tmp_path: Path) ->
         match=rf"another checkpoint.*file {re.escape(str(root / MANIFEST))}.*field 'identity.heads_key'",
     ):
         VectorStore(root, _identity(heads_key="x" * 24))
-    with pytest.raises(DataError, match=r"field 'identity\.data_manifest_sha256'"):
-        prepare_store(root, _identity(data_manifest_sha256="y" * 64), StoreLayout(shard_rows=20))
+    with pytest.raises(DataError, match=r"field 'identity\.catalog_sha256'"):
+        prepare_store(root, _identity(catalog_sha256="y" * 64), StoreLayout(shard_rows=20))
     with pytest.raises(DataError, match=r"field 'layout\.dtype'"):
         prepare_store(root, _identity(), StoreLayout(dtype="float16", shard_rows=20))
 

@@ -68,7 +68,8 @@ def _steps(
     from dist_srec.data.catalog import Catalog
     from dist_srec.data.loader import rank_loader
     from dist_srec.models.lm_sources import resolve_llm_path
-    from dist_srec.train.loop import LoopConfig, Trainer
+    from dist_srec.train.loop import Trainer
+    from dist_srec.train.loop_types import LoopConfig
     from dist_srec.train.srec_build import build_model
     from dist_srec.train.srec_task import SRecTask
     from tests.train.helpers import tiny_srec_config

@@ -20,9 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dist_srec.cluster.ray_train import METRICS_FILE, RayConfig, fit
+from dist_srec.cluster.ray_train import RayConfig, fit
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.train import checkpoint as ckpt_io
+from dist_srec.train.metric_logging import METRICS_FILE
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from tests.distributed.test_ray_train import NOISE_ONLY, _reference, _run_cfg, _train_state, ray_cluster  # noqa: F401
 
@@ -34,7 +35,7 @@ def _continue(cfg: SRecRunConfig, ckpt: Path, steps: int) -> tuple[list[float], 
     from dist_srec.data.catalog import Catalog
     from dist_srec.data.loader import rank_loader
     from dist_srec.parallel.context import TrainContext
-    from dist_srec.train.loop import step_generator
+    from dist_srec.train.loop_types import step_generator
     from dist_srec.train.srec_build import build_model
     from dist_srec.train.srec_task import SRecTask
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dist_srec.cluster.ray_train import METRICS_FILE, RayConfig, fit
+from dist_srec.cluster.ray_train import RayConfig, fit
 from dist_srec.errors import CheckpointError
 from dist_srec.inference.evaluate import evaluate_srec
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
+from dist_srec.train.metric_logging import METRICS_FILE
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from tests.train.helpers import tiny_srec_config
 
@@ -63,7 +64,7 @@ def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, t
     from dist_srec.data.catalog import Catalog
     from dist_srec.data.loader import rank_loader
     from dist_srec.parallel.context import TrainContext
-    from dist_srec.train.loop import step_generator
+    from dist_srec.train.loop_types import step_generator
     from dist_srec.train.srec_build import build_model
     from dist_srec.train.srec_task import SRecTask
 

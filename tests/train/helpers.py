@@ -9,7 +9,7 @@ from dist_srec.config import PrepareConfig
 from dist_srec.data.prepare import prepare
 from dist_srec.models.llmsrec import LLMSRecConfig
 from dist_srec.models.lm_config import LLMConfig
-from dist_srec.train.loop import LoopConfig
+from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
 from tests.data.synth import write_custom

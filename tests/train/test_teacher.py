@@ -13,7 +13,7 @@ from dist_srec.data.batch import collate
 from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.loop import LoopConfig
+from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.teacher import TeacherTrainConfig, load_teacher, teacher_loop, train_teacher
 from dist_srec.train.teacher_loss import sample_train_negatives, sampled_softmax_loss, teacher_loss
 
