@@ -37,6 +37,8 @@ from benchmarks.harness import RESULTS, machine, write_results
 # is deterministic, and the teacher refuses a catalog whose manifest differs.
 TEACHER = Path(__file__).resolve().parent / "results" / "quality_ml-1m_teacher"
 
+CONFIG = Path(__file__).resolve().parent / "configs" / "quality_ml-1m.yaml"
+"""The base run file of every run (`variant_config`)."""
 VARIANTS = {
     "llm-srec": {"distill": True, "uniformity": True},
     "no-distill": {"distill": False, "uniformity": True},
@@ -73,6 +75,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--name", default="quality_ml-1m", help="results file benchmarks/results/<name>")
     p.add_argument("--append", action="store_true", help="keep the rows already in <name>.json")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="rewrite <name>.{json,md,png} and its run files from <name>.json, training nothing")  # fmt: skip
     return p.parse_args()
 
 
@@ -109,29 +113,61 @@ def teacher_ckpt(args: argparse.Namespace, data: Path) -> Path:
     return out / "best"
 
 
+def variant_config(
+    row: dict[str, Any], settings: dict[str, Any], *, data: str | Path, teacher: str | Path, out: str | Path
+) -> Any:
+    """The `SRecRunConfig` of one run: CONFIG with the run's probed fields (`row`: a results row's train
+    block, or the same keys from the command line) and the invocation's cadence (`settings`)."""
+    from dist_srec.config import load_run_file
+    from dist_srec.train.srec_train import SRecRunConfig
+
+    seed = settings.get("seed", 42)
+    llm = {
+        "num_layers": row.get("num_layers"),
+        "dtype": row.get("dtype", "auto"),
+        "path": settings.get("llm", "smollm2"),
+    }
+    loss = {**VARIANTS[row.get("variant", "llm-srec")], "num_negatives": row.get("num_negatives", 3),
+            "distill_weight": row.get("distill_weight", 1.0)}  # fmt: skip
+    return load_run_file(
+        SRecRunConfig, CONFIG, data=str(data), teacher=str(teacher), out=str(out), llm=llm,
+        model={"loss": loss, "prompts": {"title_max_tokens": row.get("title_max_tokens", 32)}, "seed": seed},
+        loop={"lr": row.get("lr", 1e-4), "max_steps": row["steps"], "eval_every_steps": settings.get("eval_every_steps", 100),
+              "save_every_steps": settings.get("save_every", 5), "seed": seed,
+              "progress": not settings.get("no_progress", False)},
+        eval_users=settings.get("valid_users", 300),
+    )  # fmt: skip
+
+
+def write_run_files(results: dict[str, Any], settings: dict[str, Any], name: str) -> Path:
+    """Every row's resolved run file under results/<name>_configs/<row>.yaml, with portable paths."""
+    from dataclasses import asdict
+
+    from dist_srec.io import write_run_file
+
+    folder = RESULTS / f"{name}_configs"
+    for row, res in results.items():
+        variant = res["train"].get("variant") or re.match(r"llm-srec|no-distill|no-uniformity", row).group(0)
+        cfg = variant_config({**res["train"], "variant": variant}, settings,
+                             data="data/ml-1m", teacher="benchmarks/results/quality_ml-1m_teacher",
+                             out=f"runs/quality-ml-1m/{row}")  # fmt: skip
+        write_run_file(folder / f"{row}.yaml", asdict(cfg))
+    return folder
+
+
 def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) -> dict[str, Any]:
     """Train (or resume) one variant, then evaluate its best checkpoint (or reuse that evaluation)."""
     from dist_srec.inference.evaluate import evaluate_srec
     from dist_srec.io import read_json, write_json_atomic
-    from dist_srec.models.llmsrec import LLMSRecConfig
-    from dist_srec.models.lm_config import LLMConfig
-    from dist_srec.models.losses import LossConfig
-    from dist_srec.models.prompts import PromptConfig
     from dist_srec.train import checkpoint as ckpt_io
-    from dist_srec.train.loop_types import LoopConfig
-    from dist_srec.train.srec_train import SRecRunConfig, train_srec
+    from dist_srec.train.srec_train import train_srec
 
     out = Path(args.work) / run_name(args, name)
-    cfg = SRecRunConfig(
-        data=str(data), teacher=str(teacher), out=str(out),
-        llm=LLMConfig(path=args.llm, num_layers=args.num_layers, dtype=args.dtype),
-        model=LLMSRecConfig(loss=LossConfig(**VARIANTS[name], num_negatives=args.num_negatives,
-                                           distill_weight=args.distill_weight),
-                            prompts=PromptConfig(title_max_tokens=args.title_max_tokens), seed=args.seed),
-        loop=LoopConfig(epochs=100, lr=args.lr, lr_decay=0.95, max_steps=args.steps, patience=0,
-                        eval_every_steps=args.eval_every_steps, save_every_steps=args.save_every,
-                        seed=args.seed, progress=not args.no_progress),
-        eval_users=args.valid_users,
+    cfg = variant_config(
+        {"variant": name, "lr": args.lr, "num_layers": args.num_layers, "dtype": args.dtype,
+         "num_negatives": args.num_negatives, "title_max_tokens": args.title_max_tokens,
+         "distill_weight": args.distill_weight, "steps": args.steps},
+        vars(args), data=data, teacher=teacher, out=out,
     )  # fmt: skip
     t0 = time.perf_counter()
     state = train_srec(cfg)
@@ -158,8 +194,15 @@ def _teacher_sha(res: dict[str, Any]) -> str:
     return next(r["checkpoint"]["sha256"] for r in res["eval"]["records"] if r["model"] == "sasrec")
 
 
-def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[str]) -> None:
-    """Rewrite benchmarks/results/<name>.{json,md} from `results` (run name -> train + eval)."""
+def summarize(
+    results: dict[str, Any],
+    args: argparse.Namespace,
+    missing: list[str],
+    measured_on: dict[str, Any] | None = None,
+) -> None:
+    """Rewrite benchmarks/results/<name>.{json,md} from `results` (run name -> train + eval);
+    `measured_on` keeps the machine record of results measured earlier (`--summarize-only`)."""
+    where = measured_on or machine()
     from dist_srec.models.lm_config import resolve_dtype
 
     teachers = {_teacher_sha(res): res["eval"]["report"]["sasrec"] for res in results.values()}
@@ -169,7 +212,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[s
         )
     teacher = next(iter(teachers.values()), None)
     lines = [
-        f"# Quality on ML-1M with SmolLM2-135M ({machine()['date']})", "",
+        f"# Quality on ML-1M with SmolLM2-135M ({where['date']})", "",
         "**Partial results** — still missing: " + ", ".join(missing) if missing else "All variants evaluated.", "",
         f"Test split, seeded subset of {args.eval_users or 'all'} users, the same users and candidates for every "
         "row. sampled = target + 99 unseen items; full = the whole catalog (history not excluded); ties count "
@@ -219,13 +262,24 @@ def summarize(results: dict[str, Any], args: argparse.Namespace, missing: list[s
     ] or ["- none yet"]
     lines += ["", f"Over {n} users the standard error of a sampled NDCG@10 near 0.25 is about {se:.3f}: "
               f"differences below about {2 * se:.2f} are not significant."]  # fmt: skip
-    payload = {"benchmark": "quality", "dataset": "ml-1m", "machine": machine(), "settings": vars(args),
+    configs = write_run_files(results, vars(args), args.name)
+    lines += ["", f"Run files: `{configs.relative_to(RESULTS.parent.parent)}/<row>.yaml` (base: "
+              f"`{CONFIG.relative_to(RESULTS.parent.parent)}`); replay a row with `dist-srec train --config FILE "
+              "--data <prepared ML-1M> --out <dir>`."]  # fmt: skip
+    payload = {"benchmark": "quality", "dataset": "ml-1m", "machine": where, "settings": vars(args),
                "missing": missing, "claims": claims, "results": results}  # fmt: skip
     write_results(args.name, payload, "\n".join(lines))
 
 
 def main() -> None:
     args = parse()
+    if args.summarize_only:
+        from dist_srec.io import read_json
+
+        prior = read_json(RESULTS / f"{args.name}.json")
+        settings = argparse.Namespace(**{**prior["settings"], "name": args.name})
+        summarize(prior["results"], settings, prior["missing"], measured_on=prior["machine"])
+        return
     from dist_srec.config import PrepareConfig
     from dist_srec.data.prepare import prepare
     from dist_srec.io import read_json

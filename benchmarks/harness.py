@@ -117,6 +117,9 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     write_json_atomic(js, payload)
     with atomic_path(md) as tmp:
         tmp.write_text(markdown.rstrip() + "\n")
+    from benchmarks.plots import draw  # its plot beside it, where one is defined for this kind
+
+    draw(name, payload)
     return js, md
 
 

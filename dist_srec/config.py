@@ -6,8 +6,9 @@ Each config is a `@dataclass(kw_only=True)` validated in `__post_init__`; a bad 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from dist_srec.errors import ConfigError
 
@@ -100,3 +101,45 @@ class LoaderConfig:
         check(
             self.remainder in ("drop", "pad"), "remainder", f"must be 'drop' or 'pad', got {self.remainder}"
         )
+
+
+T = TypeVar("T")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_file_parser(cls: type) -> Any:
+    """A jsonargparse parser whose flags are every field of the dataclass `cls` (nested by dots)."""
+    from jsonargparse import ArgumentParser  # deferred: only the CLI and run files need it
+
+    p = ArgumentParser(exit_on_error=False)
+    p.add_class_arguments(cls, None, fail_untyped=False)
+    return p
+
+
+def from_namespace(cls: type[T], parser: Any, ns: Any) -> T:
+    """`cls` built from a parsed namespace: nested config groups instantiated (and validated), then the
+    top-level fields."""
+    built = parser.instantiate(ns)
+    return cls(**{f.name: built[f.name] for f in fields(cls)})
+
+
+def load_run_file(cls: type[T], path: str | Path, **overrides: Any) -> T:
+    """A run config from a YAML run file (as `--config PATH` reads it), with `overrides` (nested dicts
+    for nested fields) merged over it."""
+    import yaml  # deferred: only run files need it
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"run file {path}: expected a mapping of config fields, got {type(doc).__name__}")
+    p = run_file_parser(cls)
+    try:
+        ns = p.parse_object(_merge(doc, overrides))
+    except Exception as e:  # jsonargparse's ArgumentError or a type error: name the file
+        raise ConfigError(f"run file {path}: {' '.join(str(e).split())}") from None
+    return from_namespace(cls, p, ns)

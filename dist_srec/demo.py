@@ -8,7 +8,7 @@ Stages, each reused when its output is already there (a re-run finishes in secon
    diagnostic                                       -> OUT/eval-test.json
 5. print the comparison table and a few recommendations.
 
-The budget is sized for about 20 minutes on 2 CPU cores: on a CPU without native bf16 a paper-sized
+The budget is sized for about 15 minutes on 2 CPU cores (the run files `configs/demo_*.yaml`): on a CPU without native bf16 a paper-sized
 step (20 users + 80 item prompts through the 30-layer LM, forward and backward) takes tens of
 seconds, so LLM-SRec sees only part of an epoch and is evaluated on a user subset. That makes the
 demo a run of the real pipeline, not a quality result (see benchmarks/bench_quality.py for that).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dist_srec.config import PrepareConfig
+from dist_srec.config import PrepareConfig, load_run_file
 from dist_srec.data.prepare import prepare, summary
 from dist_srec.eval.compare import format_report
 from dist_srec.inference.evaluate import evaluate_srec
@@ -28,15 +28,12 @@ from dist_srec.inference.load import load_srec
 from dist_srec.inference.recommend import recommend
 from dist_srec.inference.run_report import report
 from dist_srec.io import read_json, write_json_atomic
-from dist_srec.models.lm_config import LLMConfig
 from dist_srec.train import checkpoint as ckpt_io
-from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
-from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
+from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
-TEACHER_BUDGET_S = 150.0
-SREC_BUDGET_S = 420.0
-VALID_USERS = 100
+CONFIGS = Path(__file__).parent / "configs"
+"""The demo's run files (`demo_teacher.yaml`, `demo_llm-srec.yaml`): the same files `--config` reads."""
 TEST_USERS = 200
 
 
@@ -52,22 +49,21 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
     manifest = prepare(PrepareConfig(dataset="ml-100k", out=str(root / "data")))
     print(summary(manifest))
 
-    _stage(2, f"pre-train the SASRec teacher (up to {TEACHER_BUDGET_S:.0f} s)")
-    tloop = teacher_loop(
-        epochs=3 if fast else 200, eval_every_epochs=1 if fast else 10, patience=3,
-        time_budget_s=10 if fast else TEACHER_BUDGET_S,
-    )  # fmt: skip
-    tstate = pretrain_teacher(root / "data", root / "teacher", cfg=TeacherTrainConfig(loop=tloop))
+    tcfg = load_run_file(TeacherRunConfig, CONFIGS / "demo_teacher.yaml", data=str(root / "data"),
+                         out=str(root / "teacher"),
+                         **({"train": {"loop": {"epochs": 3, "eval_every_epochs": 1, "time_budget_s": 10}}} if fast else {}))  # fmt: skip
+    _stage(
+        2,
+        f"pre-train the SASRec teacher (up to {tcfg.train.loop.time_budget_s:.0f} s; {CONFIGS / 'demo_teacher.yaml'})",
+    )
+    tstate = run_teacher(tcfg)
     print(f"teacher: {tstate.epoch} epochs ({tstate.stopped}), best valid NDCG@10 {tstate.best_metric:.4f}")
 
-    _stage(3, f"train LLM-SRec with {llm} (up to {SREC_BUDGET_S:.0f} s of steps, then validation)")
-    cfg = SRecRunConfig(
-        data=str(root / "data"), teacher=str(root / "teacher" / "best"), out=str(root / "llm-srec"),
-        llm=LLMConfig(path=llm),
-        loop=LoopConfig(epochs=1, lr=1e-4, lr_decay=0.95, patience=3, max_steps=4 if fast else 0,
-                        time_budget_s=SREC_BUDGET_S, save_every_steps=10, log_every_steps=1),
-        eval_users=50 if fast else VALID_USERS,
-    )  # fmt: skip
+    cfg = load_run_file(SRecRunConfig, CONFIGS / "demo_llm-srec.yaml", data=str(root / "data"),
+                        teacher=str(root / "teacher" / "best"), out=str(root / "llm-srec"), llm={"path": llm},
+                        **({"loop": {"max_steps": 4}, "eval_users": 50} if fast else {}))  # fmt: skip
+    _stage(3, f"train LLM-SRec with {llm} (up to {cfg.loop.time_budget_s:.0f} s of steps, then validation; "
+              f"{CONFIGS / 'demo_llm-srec.yaml'})")  # fmt: skip
     st = train_srec(cfg)
     print(f"llm-srec: {st.global_step} steps ({st.stopped}), best valid NDCG@10 {st.best_metric:.4f}")
 

@@ -115,3 +115,16 @@ def exclusive_output(path: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+RUN_FILE = "config.yaml"
+"""The resolved run config a training run writes into its output (`--config OUT/config.yaml` replays it)."""
+
+
+def write_run_file(path: str | os.PathLike, config: Any) -> None:
+    """Write a run config (a dict of plain values, tuples allowed) as YAML, atomically."""
+    import yaml  # deferred: only runs that write a run file need it
+
+    plain = json.loads(json.dumps(config, default=str))  # tuples -> lists, paths -> strings
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(plain, sort_keys=False))

@@ -3,19 +3,19 @@
     # start a throwaway local cluster, then submit the smoke training run to it
     RAY_AUTH_MODE=disabled ray start --head --node-ip-address 127.0.0.1 --num-cpus 2
     python launch/submit.py --address http://127.0.0.1:8265 --follow -- \\
-        python launch/train.py train --data data/ml-100k --teacher runs/teacher/best --llm tiny \\
-        --out runs/srec-job --workers 2 --max-steps 5
+        python launch/train.py train --data data/ml-100k --teacher runs/teacher/best --llm.path tiny \\
+        --out runs/srec-job --ray.num_workers 2 --loop.max_steps 5
     ray stop
 
     # batch recommendation (top-100 for every user) on 2 Ray actors of the running cluster; absolute
     # paths, since the job runs in an uploaded copy of the repository without runs/
     python launch/submit.py --address http://127.0.0.1:8265 --follow -- \\
-        python -m dist_srec.cli recommend-batch --ckpt "$PWD/runs/srec/best" --users all --k 100 \\
-        --out "$PWD/runs/recs" --ray-workers 2 --address auto --no-progress
+        python -m dist_srec recommend-batch --ckpt "$PWD/runs/srec/best" --users all --k 100 \\
+        --out "$PWD/runs/recs" --ray.num_workers 2 --ray.address auto --progress false
 
     # a GPU cluster, installing the pinned stack in the job's environment
     python launch/submit.py --address http://HEAD:8265 --pip requirements/stack.txt -- \\
-        python launch/train.py train ... --gpu --zero-stage 3 --storage-path /shared/ray
+        python launch/train.py train ... --ray.use_gpu true --deepspeed.stage 3 --ray.storage_path /shared/ray
 
 Everything after `--` is the job's entrypoint, run in an uploaded copy of --working-dir (default: this
 repository, without .venv, runs, data and caches).

@@ -2,15 +2,15 @@
 
     # laptop: a local Ray cluster on CPU (gloo), 2 workers, the LLM under ZeRO-3
     DS_ACCELERATOR=cpu python launch/train.py train --data data/ml-100k --teacher runs/teacher/best \\
-        --llm smollm2 --out runs/srec --workers 2 --local-cpus 2 --zero-stage 3
+        --out runs/srec --ray.num_workers 2 --ray.local_cpus 2 --deepspeed.stage 3
     # GPU cluster (nccl): connect to the running cluster, one GPU per worker
-    python launch/train.py train --data /shared/amazon2023 --teacher /shared/teacher/best \\
-        --llm /shared/Llama-3.2-3B-Instruct --out /shared/runs/srec --workers 16 --gpu --zero-stage 3 \\
-        --storage-path /shared/ray --max-failures 3 --address auto
+    python launch/train.py train --config run.yaml --llm.path /shared/Llama-3.2-3B-Instruct \\
+        --out /shared/runs/srec --ray.num_workers 16 --ray.use_gpu true --deepspeed.stage 3 \\
+        --ray.storage_path /shared/ray --ray.max_failures 3 --ray.address auto
     # teacher pre-training with DDP
-    python launch/train.py pretrain-teacher --data data/ml-100k --out runs/teacher --workers 2
+    python launch/train.py pretrain-teacher --data data/ml-100k --out runs/teacher --ray.num_workers 2
 
-Flags: `python launch/train.py train --help`. Re-running with the same --name and storage resumes.
+Flags: `python launch/train.py train --help`. Re-running with the same --ray.name and storage resumes.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dist_srec.cli.main import main
 @pytest.mark.real_assets
 def test_demo_smoke_run_and_stage_reuse(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--llm", "tiny", "--fast"]) == 0
+    assert main(["demo", "--out", str(out), "--llm", "tiny", "--fast", "true"]) == 0
     text = capsys.readouterr().out
     assert "| llm-srec |" in text and "| sasrec, shuffled history |" in text and "top 5 for user" in text
     doc = json.loads((out / "eval-test.json").read_text())
@@ -21,6 +21,6 @@ def test_demo_smoke_run_and_stage_reuse(tmp_path: Path, capsys: pytest.CaptureFi
     assert (out / "teacher" / "best" / "model.safetensors").is_file()
     # a second run reuses every stage: no new training steps, the same report
     stamp = (out / "llm-srec" / "best" / "model.safetensors").stat().st_mtime_ns
-    assert main(["demo", "--out", str(out), "--llm", "tiny", "--fast"]) == 0
+    assert main(["demo", "--out", str(out), "--llm", "tiny", "--fast", "true"]) == 0
     assert "(reusing" in capsys.readouterr().out
     assert (out / "llm-srec" / "best" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -36,7 +36,7 @@ from dist_srec.inference.evaluate import evaluate_teacher_run
 from dist_srec.io import atomic_path, sha256_file
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
-from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher
+from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
 
 @dataclass(kw_only=True)
@@ -62,6 +62,8 @@ class RayConfig:
     address: str | None = None
     """Ray cluster address for `ray.init` ("auto": the running cluster; None: `RAY_ADDRESS` when set,
     as under `ray job submit`, else a new local cluster)."""
+    local_cpus: int | None = None
+    """num_cpus of the local cluster this run starts when there is none to join (None: Ray's default)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -80,18 +82,7 @@ class RayConfig:
         return self.backend or ("nccl" if self.use_gpu else "gloo")
 
 
-@dataclass(kw_only=True)
-class TeacherJob:
-    """Teacher pre-training under Ray Train (DDP over the workers); see `pretrain_teacher`."""
-
-    data: str
-    out: str
-    model: dict[str, Any] = field(default_factory=dict)
-    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
-    final_eval: bool = True
-
-
-Job = SRecRunConfig | TeacherJob
+Job = SRecRunConfig | TeacherRunConfig
 OnReport = Callable[[dict[str, float], TrainContext], None]
 
 
@@ -160,7 +151,7 @@ def restore_from_ray(out: str | Path, ctx: TrainContext) -> bool:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The per-worker function of the `TorchTrainer`: config = {"job": SRecRunConfig | TeacherJob,
+    """The per-worker function of the `TorchTrainer`: config = {"job": SRecRunConfig | TeacherRunConfig,
     "on_report": optional `OnReport`}."""
     import ray.train.torch  # deferred: Ray takes seconds to import; only the Ray paths need it
 
@@ -173,7 +164,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if isinstance(job, SRecRunConfig):
         train_srec(job, ctx, reporter)
         return
-    pretrain_teacher(job.data, job.out, model=job.model, cfg=job.train, ctx=ctx, reporter=reporter)
+    run_teacher(job, ctx, reporter)
     if job.final_eval:
         evaluate_teacher_run(job.data, job.out, job.train, ctx)
 
@@ -232,7 +223,10 @@ def fit(job: Job, ray_cfg: RayConfig, on_report: OnReport | None = None, **init:
     started = not ray.is_initialized()
     if started:
         local = ray_cfg.address is None and not os.environ.get("RAY_ADDRESS")
-        ray.init(address=ray_cfg.address, **(init if local else {}))
+        own: dict[str, Any] = {"include_dashboard": False}
+        if ray_cfg.local_cpus:
+            own |= {"num_cpus": ray_cfg.local_cpus, "object_store_memory": int(1e9)}
+        ray.init(address=ray_cfg.address, **({**own, **init} if local else {}))
     try:
         return build_trainer(job, ray_cfg, on_report).fit()
     finally:

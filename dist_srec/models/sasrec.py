@@ -31,8 +31,9 @@ from dist_srec.kernels.seq_lookup import seq_lookup
 class SASRecConfig:
     """Shape and regularisation of the teacher. Defaults are the LLM-SRec paper's (Appendix D)."""
 
-    num_items: int
-    """N: items are 1..N; the embedding table has N+1 rows (row 0 = padding)."""
+    num_items: int = 0
+    """N: items are 1..N; the embedding table has N+1 rows (row 0 = padding). 0 in a run config: the
+    catalog's, set when training starts (a model is never built with 0)."""
     hidden: int = 64
     """D: item embedding and hidden size."""
     num_blocks: int = 2
@@ -48,7 +49,7 @@ class SASRecConfig:
     """LayerNorm epsilon, as the reference."""
 
     def __post_init__(self) -> None:
-        check(self.num_items >= 1, "num_items", f"must be >= 1, got {self.num_items}")
+        check(self.num_items >= 0, "num_items", f"must be >= 0, got {self.num_items}")
         check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
         check(self.num_blocks >= 1, "num_blocks", f"must be >= 1, got {self.num_blocks}")
         check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
@@ -146,6 +147,7 @@ class SASRec(nn.Module):
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
+        check(cfg.num_items >= 1, "num_items", f"a model needs the catalog's item count, got {cfg.num_items}")
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)

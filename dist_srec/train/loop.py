@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dist_srec.errors import CheckpointError, ConfigError, OutputBusyError, TrainingError
-from dist_srec.io import clean_stale_temporaries, exclusive_output, recover_atomic
+from dist_srec.io import RUN_FILE, clean_stale_temporaries, exclusive_output, recover_atomic, write_run_file
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.loop_types import (
@@ -95,9 +95,11 @@ class Trainer:
         ctx: TrainContext,
         out_dir: str | Path,
         reporter: Reporter | None = None,
+        run_file: Mapping[str, Any] | None = None,
     ):
         self.task, self.loader, self.validate = task, loader, validate
         self.cfg, self.ctx, self.out, self.reporter = cfg, ctx, Path(out_dir), reporter
+        self.run_file = run_file
         task.setup(ctx)
         adam = torch.optim.Adam(task.trainable(), lr=cfg.lr, betas=cfg.betas)
         make = getattr(task, "make_stepper", None)
@@ -329,6 +331,8 @@ class Trainer:
             except OutputBusyError as e:
                 busy = e
             else:
+                if self.run_file is not None:
+                    write_run_file(self.out / RUN_FILE, self.run_file)
                 for d in (self.last_dir, self.best_dir):
                     if recover_atomic(d):
                         tqdm.write(f"[{self.task.name}] recovered {d} from an interrupted save")

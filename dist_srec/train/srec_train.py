@@ -126,5 +126,6 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
                            lockstep=ctx.world_size > 1)  # fmt: skip
         return evaluate_tables(users, items, batches(), proto, user_items=user_items, num_users=cat.num_users)
 
-    trainer = Trainer(task, loader, validate, cfg=cfg.loop, ctx=ctx, out_dir=cfg.out, reporter=reporter)
+    trainer = Trainer(task, loader, validate, cfg=cfg.loop, ctx=ctx, out_dir=cfg.out, reporter=reporter,
+                      run_file=asdict(cfg))  # fmt: skip
     return trainer.fit()

@@ -99,6 +99,32 @@ class TeacherTrainConfig:
         check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
 
 
+@dataclass(kw_only=True)
+class TeacherRunConfig:
+    """`dist-srec pretrain-teacher` (and `launch pretrain-teacher`): a prepared data dir in, a teacher
+    out. Written resolved to OUT/config.yaml."""
+
+    data: str
+    """Prepared data directory (`dist-srec prepare`)."""
+    out: str
+    """Run directory: OUT/best (the teacher LLM-SRec loads), OUT/last, OUT/results.json, OUT/config.yaml."""
+    model: SASRecConfig = field(default_factory=SASRecConfig)
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    final_eval: bool = True
+    """Afterwards evaluate OUT/best on the test split (both protocols) into OUT/results.json (done by
+    `dist-srec pretrain-teacher` and `launch`, through `dist_srec.inference.evaluate.evaluate_teacher_run`;
+    `run_teacher` itself only trains)."""
+
+
+def run_teacher(
+    run: TeacherRunConfig, ctx: TrainContext | None = None, reporter: Reporter | None = None
+) -> TrainState:
+    """`pretrain_teacher` of a run config; OUT/config.yaml records it."""
+    model = {k: v for k, v in asdict(run.model).items() if k != "num_items"}
+    return pretrain_teacher(run.data, run.out, model=model, cfg=run.train, ctx=ctx, reporter=reporter,
+                            run_file=asdict(run))  # fmt: skip
+
+
 def check_teacher_config(
     config: Mapping[str, Any],
     path: Path,
@@ -221,6 +247,7 @@ def train_teacher(
     out_dir: str | Path,
     meta: Mapping[str, Any] | None = None,
     reporter: Reporter | None = None,
+    run_file: Mapping[str, Any] | None = None,
 ) -> TrainState:
     """Train (or resume) the teacher; see the module docstring. Every rank calls it with its own loader.
 
@@ -229,7 +256,7 @@ def train_teacher(
     task = TeacherTask(model, cfg, meta)
     trainer = Trainer(
         task, loader, lambda t: validate(t.model), cfg=cfg.loop, ctx=ctx or TrainContext(),
-        out_dir=out_dir, reporter=reporter,
+        out_dir=out_dir, reporter=reporter, run_file=run_file,
     )  # fmt: skip
     return trainer.fit()
 
@@ -242,8 +269,10 @@ def pretrain_teacher(
     cfg: TeacherTrainConfig | None = None,
     ctx: TrainContext | None = None,
     reporter: Reporter | None = None,
+    run_file: Mapping[str, Any] | None = None,
 ) -> TrainState:
-    """Train (or resume) the teacher on a prepared data dir; every rank calls this. OUT/best is the
+    """Train (or resume) the teacher on a prepared data dir; every rank calls this. `run_file` (the
+    resolved run config) is written to OUT/config.yaml. OUT/best is the
     teacher; `dist_srec.inference.evaluate.evaluate_teacher_run` evaluates it on test afterwards.
 
     `reporter` is passed to the loop (e.g. `ray.train.report` under Ray Train).
@@ -283,6 +312,14 @@ def pretrain_teacher(
     source = cat.manifest.get("source")
     meta["dataset"] = source.get("dataset") if isinstance(source, dict) else source
     state = train_teacher(
-        teacher, train, validate, cfg=cfg, ctx=ctx, out_dir=out_dir, meta=meta, reporter=reporter
+        teacher,
+        train,
+        validate,
+        cfg=cfg,
+        ctx=ctx,
+        out_dir=out_dir,
+        meta=meta,
+        reporter=reporter,
+        run_file=run_file,
     )
     return state

@@ -45,7 +45,7 @@ def test_teacher_of_another_catalog_with_the_same_item_count_is_refused(
 ) -> None:
     a, b, teacher = two_catalogs
     out = tmp_path / "eval.json"
-    code, err = run_cli(["evaluate-teacher", "--ckpt", teacher, "--data", b, "--out", out], capsys)
+    code, err = run_cli(["evaluate-teacher", "--ckpt", teacher, "--data", b, "--results", out], capsys)
     line = one_error_line(err)
     assert code == 2 and f"teacher checkpoint {teacher} does not fit this catalog" in line
     assert (
@@ -59,13 +59,14 @@ def test_teacher_of_another_catalog_with_the_same_item_count_is_refused(
         b,
         "--teacher",
         teacher,
-        "--llm",
+        "--llm.path",
         "tiny",
         "--out",
         tmp_path / "run",
-        "--eval-negatives",
+        "--eval_negatives",
         "10",
-        "--no-progress",
+        "--loop.progress",
+        "false",
     ]
     code, err = run_cli(argv, capsys)
     assert (
@@ -77,7 +78,7 @@ def test_llm_srec_checkpoint_of_another_catalog_is_refused(two_catalogs, tmp_pat
     a, b, teacher = two_catalogs
     best = train_tiny(a, teacher, tmp_path / "run")
     before = tree_digest(tmp_path / "run")
-    code, err = run_cli(["evaluate", "--ckpt", best, "--data", b, "--out", tmp_path / "e.json", "--no-progress"],
+    code, err = run_cli(["evaluate", "--ckpt", best, "--data", b, "--results", tmp_path / "e.json", "--progress", "false"],
                         capsys)  # fmt: skip
     line = one_error_line(err)
     assert code == 2 and "does not fit this catalog" in line and str(b.resolve()) in line
@@ -93,7 +94,7 @@ def test_teacher_with_nan_weights_is_refused_on_load(two_catalogs, tmp_path, cap
     weights[name] = torch.full_like(weights[name], float("nan"))  # a finite header, garbage data
     save_file(weights, bad / "model.safetensors")
     code, err = run_cli(
-        ["evaluate-teacher", "--ckpt", bad, "--data", a, "--out", tmp_path / "r.json"], capsys
+        ["evaluate-teacher", "--ckpt", bad, "--data", a, "--results", tmp_path / "r.json"], capsys
     )
     line = one_error_line(err)
     assert code == 2 and f"{bad / 'model.safetensors'}: tensor '{name}' has" in line and "non-finite" in line
@@ -107,8 +108,9 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
 
 
 def _teacher_argv(data: Path, out: Path, epochs: int) -> list:
-    return ["pretrain-teacher", "--data", data, "--out", out, "--epochs", str(epochs), "--eval-every-epochs", "1",
-            "--hidden", "8", "--max-len", "10", "--eval-negatives", "10", "--no-progress", "--no-final-eval"]  # fmt: skip
+    return ["pretrain-teacher", "--data", data, "--out", out, "--train.loop.epochs", str(epochs),
+            "--train.loop.eval_every_epochs", "1", "--model.hidden", "8", "--model.max_len", "10",
+            "--train.eval_negatives", "10", "--train.loop.progress", "false", "--final_eval", "false"]  # fmt: skip
 
 
 def test_a_second_training_run_into_the_same_output_is_refused(two_catalogs, tmp_path, capsys) -> None:

@@ -31,7 +31,7 @@ def _custom(root: Path, rows: list[tuple[str, str, object]], titles: dict[str, s
 
 def _prepare(inter: Path, items: Path, out: Path, *extra: str) -> list[str]:
     return ["prepare", "--dataset", "custom", "--interactions", inter, "--items", items, "--out", out,
-            "--kcore", "0", "--no-progress", *extra]  # fmt: skip
+            "--kcore", "0", "--progress", "false", *extra]  # fmt: skip
 
 
 ROWS = [("u1", "i1", 1_600_000_000), ("u1", "i2", 1_600_000_100), ("u1", "i3", 1_600_000_200)]
@@ -60,7 +60,7 @@ def test_out_of_range_timestamps_name_the_row(tmp_path: Path, capsys, value: obj
 def test_millisecond_timestamps_prepare_with_their_unit(tmp_path: Path, capsys) -> None:
     rows = [(u, i, t * 1000) for u, i, t in ROWS]
     inter, items = _custom(tmp_path / "raw", rows, TITLES)
-    code, _ = run_cli(_prepare(inter, items, tmp_path / "out", "--timestamp-unit", "ms"), capsys)
+    code, _ = run_cli(_prepare(inter, items, tmp_path / "out", "--timestamp_unit", "ms"), capsys)
     assert code == 0
     ts = Catalog.load(tmp_path / "out").interactions(["timestamp"])["timestamp"].to_pylist()
     assert ts == [t for _, _, t in ROWS]
@@ -78,7 +78,7 @@ def test_non_utf8_title_names_file_row_and_field(tmp_path: Path, capsys) -> None
 def test_repeated_item_ids_are_counted_or_refused(tmp_path: Path, capsys) -> None:
     inter, items = _custom(tmp_path / "raw", ROWS, TITLES)
     items.write_text("item_id,title\ni1,One\ni2,Two\ni2,Second two\ni3,Three\n")
-    code, err = run_cli(_prepare(inter, items, tmp_path / "strict", "--strict"), capsys)
+    code, err = run_cli(_prepare(inter, items, tmp_path / "strict", "--strict", "true"), capsys)
     line = one_error_line(err)
     assert code == 2 and "item id 'i2' is repeated (first at row 2" in line
     assert f"file {items}, row 3, field 'item_id'" in line and not (tmp_path / "strict").exists()
@@ -105,8 +105,9 @@ def test_a_second_prepare_into_the_same_output_is_refused(tmp_path: Path, capsys
 
 
 def _teacher_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain-teacher", "--data", data, "--out", out, "--epochs", "1", "--hidden", "8", "--max-len", "10",
-            "--eval-negatives", "10", "--no-progress", "--no-final-eval", *extra]  # fmt: skip
+    return ["pretrain-teacher", "--data", data, "--out", out, "--train.loop.epochs", "1", "--model.hidden", "8",
+            "--model.max_len", "10", "--train.eval_negatives", "10", "--train.loop.progress", "false",
+            "--final_eval", "false", *extra]  # fmt: skip
 
 
 def test_lowered_sample_count_in_the_manifest_is_refused(tmp_path: Path, capsys) -> None:
@@ -137,10 +138,10 @@ def test_corrupt_validation_shard_is_found_before_the_first_step(tmp_path: Path,
 
 def test_too_many_negatives_are_refused_before_training(tmp_path: Path, capsys) -> None:
     data = prepared_catalog(tmp_path, users=30, items=40)
-    code, err = run_cli(_teacher_argv(data, tmp_path / "run", "--eval-negatives", "36"), capsys)
+    code, err = run_cli(_teacher_argv(data, tmp_path / "run", "--train.eval_negatives", "36"), capsys)
     line = one_error_line(err)
     assert code == 2 and "config field 'eval_negatives': 36 sampled negatives per user, but user" in line
-    code, err = run_cli(_teacher_argv(data, tmp_path / "run", "--loss", "sampled_softmax", "--num-negatives",
+    code, err = run_cli(_teacher_argv(data, tmp_path / "run", "--train.loss", "sampled_softmax", "--train.num_negatives",
                                       "5000"), capsys)  # fmt: skip
     line = one_error_line(err)
     assert code == 2 and "config field 'num_negatives': 5000 training negatives" in line
@@ -149,7 +150,7 @@ def test_too_many_negatives_are_refused_before_training(tmp_path: Path, capsys) 
 
 def test_unknown_select_metric_is_refused_at_once(tmp_path: Path, capsys) -> None:
     code, err = run_cli(
-        _teacher_argv(tmp_path / "nodata", tmp_path / "run", "--select-metric", "foo"), capsys
+        _teacher_argv(tmp_path / "nodata", tmp_path / "run", "--train.loop.select_metric", "foo"), capsys
     )
     line = one_error_line(err)
     assert code == 2 and "config field 'select_metric': 'foo' is not one of" in line

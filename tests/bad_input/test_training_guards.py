@@ -49,9 +49,12 @@ def test_nan_validation_score_never_becomes_best(tmp_path: Path) -> None:
 
 
 def test_infinite_learning_rate_is_refused_at_once(tmp_path: Path, capsys) -> None:
-    argv = ["pretrain-teacher", "--data", tmp_path / "d", "--out", tmp_path / "run", "--lr", "inf"]
+    argv = ["pretrain-teacher", "--data", tmp_path / "d", "--out", tmp_path / "run", "--train.loop.lr", "inf"]
     code, err = run_cli(argv, capsys)
-    assert code == 2 and "config field 'lr': must be a finite number > 0, got inf" in one_error_line(err)
+    assert (
+        code == 2
+        and "Parser key \"train.loop.lr\": Expected a <class 'float'>. Got value: inf" in one_error_line(err)
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -138,7 +138,8 @@ def test_amazon2023_sample(tmp_path: Path) -> None:
                 str(meta),
                 "--out",
                 str(out),
-                "--no-progress",
+                "--progress",
+                "false",
             ]
         )
         == 0
@@ -193,7 +194,8 @@ def test_cli_reports_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtur
             str(items),
             "--out",
             str(tmp_path / "o"),
-            "--no-progress",
+            "--progress",
+            "false",
         ]
     )
     assert rc == 2

@@ -174,15 +174,15 @@ def test_worker_killed_mid_run_recovers(two_worker_run, srec_setup, tmp_path: Pa
 def test_teacher_pretraining_on_two_workers(ray_cluster, srec_setup, tmp_path: Path) -> None:
     """The teacher's loop under Ray Train with DDP: replicas checked identical at every save (the loop
     raises otherwise), checkpoints reported to Ray, the distributed test evaluation written by rank 0."""
-    from dist_srec.cluster.ray_train import TeacherJob
-    from dist_srec.train.teacher import TeacherTrainConfig, teacher_loop
+    from dist_srec.models.sasrec import SASRecConfig
+    from dist_srec.train.teacher import TeacherRunConfig, TeacherTrainConfig, teacher_loop
 
     data, _ = srec_setup
     train = TeacherTrainConfig(
         loop=teacher_loop(epochs=2, eval_every_epochs=1, progress=False), eval_negatives=20, batch_size=8
     )
-    job = TeacherJob(
-        data=str(data), out=str(tmp_path / "teacher"), model={"hidden": 16, "max_len": 20}, train=train
+    job = TeacherRunConfig(
+        data=str(data), out=str(tmp_path / "teacher"), model=SASRecConfig(hidden=16, max_len=20), train=train
     )
     result = fit(job, RayConfig(num_workers=2, name="teacher"))
     assert result.error is None and result.checkpoint is not None

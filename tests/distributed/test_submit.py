@@ -57,7 +57,7 @@ def test_kuberay_rayjob_yaml_uses_documented_fields() -> None:
         assert set(g) <= WORKER_GROUP
         limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert int(limits["nvidia.com/gpu"]) * g["replicas"] >= 1
-    assert "--gpu" in spec["entrypoint"] and "--zero-stage 3" in spec["entrypoint"]
+    assert "--ray.use_gpu true" in spec["entrypoint"] and "--deepspeed.stage 3" in spec["entrypoint"]
 
 
 def test_submit_config_validates_and_builds_runtime_env(tmp_path: Path) -> None:
@@ -108,8 +108,9 @@ def test_submit_tiny_job_to_local_head(srec_setup, tmp_path: Path) -> None:
                 time.sleep(1)
         out_dir = tmp_path / "teacher"
         entry = [sys.executable, "launch/train.py", "pretrain-teacher", "--data", str(data), "--out", str(out_dir),
-                 "--workers", "1", "--epochs", "1", "--eval-every-epochs", "1", "--eval-negatives", "20", "--batch-size", "16",
-                 "--hidden", "16", "--max-len", "20", "--no-progress", "--no-final-eval"]  # fmt: skip
+                 "--ray.num_workers", "1", "--train.loop.epochs", "1", "--train.loop.eval_every_epochs", "1",
+                 "--train.eval_negatives", "20", "--train.batch_size", "16", "--model.hidden", "16",
+                 "--model.max_len", "20", "--train.loop.progress", "false", "--final_eval", "false"]  # fmt: skip
         out = subprocess.run(
             [sys.executable, str(REPO / "launch" / "submit.py"), "--address", address, "--follow", "--", *entry],
             env=env, capture_output=True, text=True, timeout=240,
@@ -128,19 +129,25 @@ def test_submit_tiny_job_to_local_head(srec_setup, tmp_path: Path) -> None:
 
 
 def test_launch_cli_maps_flags_to_configs(tmp_path: Path) -> None:
+    from dist_srec.cli import llmsrec, teacher
     from dist_srec.cli.launch import ray_config
-    from dist_srec.cli.main import build_parser
+    from dist_srec.cli.main import parse
 
     ds = tmp_path / "ds.json"
     ds.write_text("{}")
-    args = build_parser().parse_args(
-        ["launch", "train", "--data", "D", "--teacher", "T", "--out", "O", "--workers", "3", "--gpu",
-         "--max-failures", "2", "--zero-stage", "3", "--ds-config", str(ds), "--num-workers", "1"]
+    cmd, p, ns = parse(
+        ["launch", "train", "--data", "D", "--teacher", "T", "--out", "O", "--ray.num_workers", "3",
+         "--ray.use_gpu", "true", "--ray.max_failures", "2", "--deepspeed.stage", "3", "--deepspeed.override",
+         str(ds), "--num_workers", "1"]
     )  # fmt: skip
-    rc = ray_config(args)
-    assert (rc.num_workers, rc.use_gpu, rc.max_failures, rc.torch_backend) == (3, True, 2, "nccl")
-    assert args.num_workers == 1 and args.zero_stage == 3  # loader workers stay the train flag
-    args = build_parser().parse_args(
-        ["launch", "pretrain-teacher", "--data", "D", "--out", "O", "--workers", "2"]
+    rc, run = ray_config(p, ns), llmsrec.run_config(p, ns)
+    assert cmd.name == "train" and (rc.num_workers, rc.use_gpu, rc.max_failures, rc.torch_backend) == (
+        3,
+        True,
+        2,
+        "nccl",
     )
-    assert ray_config(args).torch_backend == "gloo" and args.func.__name__ == "_cmd_teacher"
+    assert run.num_workers == 1 and run.deepspeed.stage == 3  # loader workers stay the run config's field
+    cmd, p, ns = parse(["launch", "pretrain-teacher", "--data", "D", "--out", "O", "--ray.num_workers", "2"])
+    assert ray_config(p, ns).torch_backend == "gloo" and cmd.name == "pretrain-teacher"
+    assert teacher.run_config(p, ns).train.loop.epochs == 200

@@ -115,12 +115,21 @@ def test_cli_encode_catalog_and_recommend_batch(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     store, out = tmp_path / "store", tmp_path / "recs"
-    common = ["--ckpt", str(tiny_ckpt), "--dtype", "bfloat16", "--shard-rows", "25", "--no-progress"]
-    assert main(["encode-catalog", *common, "--out", str(store)]) == 0
+    common = [
+        "--ckpt",
+        str(tiny_ckpt),
+        "--layout.dtype",
+        "bfloat16",
+        "--layout.shard_rows",
+        "25",
+        "--progress",
+        "false",
+    ]
+    assert main(["encode-catalog", *common, "--store", str(store)]) == 0
     n = _catalog(tiny_ckpt).num_items
     assert f"{n} items x 128 (bfloat16), {-(-n // 25)} shards" in capsys.readouterr().out
     args = ["recommend-batch", *common, "--users", "all", "--k", "3", "--out", str(out), "--store", str(store),
-            "--users-per-shard", "25"]  # fmt: skip
+            "--users_per_shard", "25"]  # fmt: skip
     assert main(args) == 0
     assert "40 users, top 3, 120 rows in 2 parts" in capsys.readouterr().out
     assert (out / "_SUCCESS").is_file() and pq.read_table(out).num_rows == 120

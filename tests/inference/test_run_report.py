@@ -13,9 +13,10 @@ from tests.train.helpers import prepared_catalog
 
 
 def _teacher(data: Path, out: Path, lr: str) -> None:
-    argv = ["pretrain-teacher", "--data", data, "--out", out, "--epochs", "2", "--eval-every-epochs", "1",
-            "--log-every-steps", "1", "--batch-size", "8", "--hidden", "8", "--max-len", "10", "--lr", lr,
-            "--eval-negatives", "10", "--no-progress"]  # fmt: skip
+    argv = ["pretrain-teacher", "--data", data, "--out", out, "--train.loop.epochs", "2",
+            "--train.loop.eval_every_epochs", "1", "--train.loop.log_every_steps", "1", "--train.batch_size", "8",
+            "--model.hidden", "8", "--model.max_len", "10", "--train.loop.lr", lr, "--train.eval_negatives", "10",
+            "--train.loop.progress", "false"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
 
 

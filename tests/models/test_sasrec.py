@@ -159,7 +159,7 @@ def test_init_scale_matches_reference_xavier() -> None:
 @pytest.mark.parametrize(
     ("kw", "field"),
     [
-        ({"num_items": 0}, "num_items"),
+        ({"num_items": -1}, "num_items"),
         ({"num_items": 5, "hidden": 10, "num_heads": 3}, "num_heads"),
         ({"num_items": 5, "dropout": 1.0}, "dropout"),
         ({"num_items": 5, "attn_dropout": -0.1}, "attn_dropout"),
@@ -169,6 +169,12 @@ def test_init_scale_matches_reference_xavier() -> None:
 def test_config_validation_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"'{field}'"):
         SASRecConfig(**kw)
+
+
+def test_a_model_is_never_built_without_its_catalog_size() -> None:
+    """0 in a run config means "the catalog's"; building a model with it is refused."""
+    with pytest.raises(ConfigError, match=r"'num_items': a model needs the catalog's item count"):
+        SASRec(SASRecConfig())
 
 
 def test_gradient_never_reaches_padding_row() -> None:

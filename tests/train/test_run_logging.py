@@ -25,8 +25,9 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = prepared_catalog(root, users=40, items=50)
     run, log = root / "run", root / "stdout.txt"
     argv = [sys.executable, "-m", "dist_srec", "pretrain-teacher", "--data", str(data), "--out", str(run),
-            "--epochs", "3", "--eval-every-epochs", "1", "--log-every-steps", "2", "--batch-size", "8",
-            "--hidden", "8", "--max-len", "10", "--eval-negatives", "10", "--no-final-eval"]  # fmt: skip
+            "--train.loop.epochs", "3", "--train.loop.eval_every_epochs", "1", "--train.loop.log_every_steps", "2",
+            "--train.batch_size", "8", "--model.hidden", "8", "--model.max_len", "10", "--train.eval_negatives", "10",
+            "--final_eval", "false"]  # fmt: skip
     with log.open("w") as f:
         subprocess.run(
             argv, stdout=f, stderr=subprocess.STDOUT, check=True, env={**os.environ, "COLUMNS": "80"}

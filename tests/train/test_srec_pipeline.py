@@ -123,11 +123,12 @@ def test_cli_train_evaluate_recommend(
 ) -> None:
     data, teacher = srec_setup
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--teacher", str(teacher), "--llm", "tiny", "--dtype", "float32",
-               "--out", str(run), "--max-steps", "2", "--batch-size", "4", "--eval-users", "5", "--eval-negatives", "20", "--no-progress"])  # fmt: skip
+    rc = main(["train", "--data", str(data), "--teacher", str(teacher), "--llm.path", "tiny", "--llm.dtype", "float32",
+               "--out", str(run), "--loop.max_steps", "2", "--batch_size", "4", "--eval_users", "5", "--eval_negatives", "20",
+               "--loop.progress", "false"])  # fmt: skip
     assert rc == 0 and (run / "best" / "config.json").is_file()
-    rc = main(["evaluate", "--ckpt", str(run / "best"), "--num-negatives", "20", "--eval-users", "10",
-               "--shuffle-history", "--no-progress"])  # fmt: skip
+    rc = main(["evaluate", "--ckpt", str(run / "best"), "--eval_negatives", "20", "--eval_users", "10",
+               "--shuffle_history", "true", "--progress", "false"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "| llm-srec, shuffled history |" in out and "| sasrec |" in out
     assert (run / "eval-test.json").is_file()

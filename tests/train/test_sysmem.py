@@ -74,13 +74,11 @@ def test_train_srec_fixes_the_threshold_first(monkeypatch, tmp_path):
 
 
 def test_cli_flag_reaches_the_run_config():
-    import argparse
+    from dist_srec.cli.llmsrec import run_config
+    from dist_srec.cli.main import parse
 
-    from dist_srec.cli.llmsrec import add_srec_commands, run_config
-
-    parser = argparse.ArgumentParser()
-    add_srec_commands(parser.add_subparsers(dest="cmd"))
     base = ["train", "--data", "d", "--teacher", "t", "--out", "o"]
-    assert run_config(parser.parse_args(base)).mmap_threshold_bytes is None
-    args = parser.parse_args([*base, "--mmap-threshold-bytes", "131072"])
-    assert run_config(args).mmap_threshold_bytes == 131072
+    _, p, ns = parse(base)
+    assert run_config(p, ns).mmap_threshold_bytes is None
+    _, p, ns = parse([*base, "--mmap_threshold_bytes", "131072"])
+    assert run_config(p, ns).mmap_threshold_bytes == 131072
