@@ -28,7 +28,7 @@ def _train_parser() -> ArgumentParser:
                "trainable heads. Resumes from OUT/last; OUT/best keeps the best validation NDCG@10; "
                "OUT/config.yaml is the resolved run file.", [
         "dist-srec train --data runs/demo/data --teacher runs/demo/teacher/best --out runs/srec",
-        "dist-srec train --config configs/quality_ml-1m.yaml --model.loss.distill_weight 128 --out runs/dw128",
+        "dist-srec train --config benchmarks/configs/quality_ml-1m.yaml --model.loss.distill_weight 128 --out runs/dw128",
         "dist-srec train --config runs/srec/config.yaml   # replay (or resume) a run",
     ], run_file=True)  # fmt: skip
     add_run_config(p)

@@ -6,7 +6,7 @@ resolved run file to OUT/config.yaml, so `--config OUT/config.yaml` replays it.
 
     dist-srec demo --out runs/demo
     dist-srec prepare --dataset ml-1m --out data/ml-1m
-    dist-srec train --config configs/quality_ml-1m.yaml --out runs/srec
+    dist-srec train --config benchmarks/configs/quality_ml-1m.yaml --out runs/srec
     dist-srec report runs/srec
 """
 

@@ -17,7 +17,6 @@ Ray job:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dist_srec.cluster.ray_session import ray_session
 from dist_srec.data.item_vectors import StoreIdentity, assign_shards
 from dist_srec.errors import ConfigError
 from dist_srec.inference.worker import CatalogWorker
@@ -87,23 +87,13 @@ class RayRunner:
 @contextlib.contextmanager
 def ray_runner(cfg: Any, identity: StoreIdentity, ray_cfg: RayCatalogConfig) -> Iterator[RayRunner]:
     """Start (or join) Ray, create the actors, yield their runner; stop what this started."""
-    import ray  # deferred: Ray takes seconds to import; only the Ray paths need it
-
-    started = not ray.is_initialized()
-    if started:
-        local = ray_cfg.address is None and not os.environ.get("RAY_ADDRESS")
-        init: dict[str, Any] = {"include_dashboard": False}
-        if local and ray_cfg.local_cpus:
-            init |= {"num_cpus": ray_cfg.local_cpus, "object_store_memory": int(1e9)}
-        ray.init(address=ray_cfg.address, **(init if local else {}))
-    gpus = 1 if ray_cfg.use_gpu else 0
-    scan = cfg.scan if not ray_cfg.use_gpu else type(cfg.scan)(**{**vars(cfg.scan), "device": "cuda"})
-    actor_cls = ray.remote(num_cpus=ray_cfg.cpus_per_worker, num_gpus=gpus)(CatalogWorker)
-    actors = [actor_cls.remote(cfg.ckpt, cfg.data, identity, scan) for _ in range(ray_cfg.num_workers)]
-    try:
-        yield RayRunner(actors, cfg.progress)
-    finally:
-        for a in actors:
-            ray.kill(a)
-        if started:
-            ray.shutdown()
+    with ray_session(ray_cfg.address, ray_cfg.local_cpus) as ray:
+        gpus = 1 if ray_cfg.use_gpu else 0
+        scan = cfg.scan if not ray_cfg.use_gpu else type(cfg.scan)(**{**vars(cfg.scan), "device": "cuda"})
+        actor_cls = ray.remote(num_cpus=ray_cfg.cpus_per_worker, num_gpus=gpus)(CatalogWorker)
+        actors = [actor_cls.remote(cfg.ckpt, cfg.data, identity, scan) for _ in range(ray_cfg.num_workers)]
+        try:
+            yield RayRunner(actors, cfg.progress)
+        finally:
+            for a in actors:
+                ray.kill(a)

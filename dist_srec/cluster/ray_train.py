@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dist_srec.cluster.ray_session import ray_session
 from dist_srec.errors import ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher_run
 from dist_srec.io import atomic_path, sha256_file
@@ -218,17 +219,5 @@ def fit(job: Job, ray_cfg: RayConfig, on_report: OnReport | None = None, **init:
     """Connect to (or start) Ray, run the trainer, return its `Result`. `init` goes to `ray.init`
     only when this call starts a new local cluster (e.g. num_cpus, object_store_memory)."""
 
-    import ray  # deferred: Ray takes seconds to import; only the Ray paths need it
-
-    started = not ray.is_initialized()
-    if started:
-        local = ray_cfg.address is None and not os.environ.get("RAY_ADDRESS")
-        own: dict[str, Any] = {"include_dashboard": False}
-        if ray_cfg.local_cpus:
-            own |= {"num_cpus": ray_cfg.local_cpus, "object_store_memory": int(1e9)}
-        ray.init(address=ray_cfg.address, **({**own, **init} if local else {}))
-    try:
+    with ray_session(ray_cfg.address, ray_cfg.local_cpus, **init):
         return build_trainer(job, ray_cfg, on_report).fit()
-    finally:
-        if started:
-            ray.shutdown()

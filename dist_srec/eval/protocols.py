@@ -59,6 +59,13 @@ class EvalProtocol:
     """full: items scored at a time."""
     ks: tuple[int, ...] = DEFAULT_KS
 
+    @classmethod
+    def validation(cls, seed: int, num_users: int, num_negatives: int) -> EvalProtocol:
+        """The protocol of training's validation rounds: sampled, on the valid split."""
+        return cls(
+            protocol="sampled", split="valid", seed=seed, num_users=num_users, num_negatives=num_negatives
+        )
+
     def __post_init__(self) -> None:
         if self.protocol not in ("sampled", "full"):
             raise ConfigError(f"config field 'protocol': must be 'sampled' or 'full', got {self.protocol!r}")

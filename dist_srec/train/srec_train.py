@@ -97,13 +97,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     )
     loader = rank_loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
-    proto = EvalProtocol(
-        protocol="sampled",
-        split="valid",
-        seed=cfg.loop.seed,
-        num_users=cfg.eval_users,
-        num_negatives=cfg.eval_negatives,
-    )
+    proto = EvalProtocol.validation(cfg.loop.seed, cfg.eval_users, cfg.eval_negatives)
     selected = select_users(cat.num_users, proto.num_users, proto.seed)
 
     def validate(t: SRecTask) -> dict[str, float]:

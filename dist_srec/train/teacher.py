@@ -291,13 +291,7 @@ def pretrain_teacher(
         data_dir, "train", cfg.batch_size, teacher.cfg.max_len, ctx, shuffle=True, seed=cfg.loop.seed,
         num_workers=cfg.num_workers, remainder="drop",
     )  # fmt: skip
-    valid = EvalProtocol(
-        protocol="sampled",
-        split="valid",
-        seed=cfg.loop.seed,
-        num_users=cfg.eval_users,
-        num_negatives=cfg.eval_negatives,
-    )
+    valid = EvalProtocol.validation(cfg.loop.seed, cfg.eval_users, cfg.eval_negatives)
 
     def validate(m: SASRec) -> dict[str, float]:
         kw = {
