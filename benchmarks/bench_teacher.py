@@ -18,13 +18,15 @@ already spent). Writes benchmarks/results/teacher_<dataset>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import machine, markdown_table, write_results
+from benchmarks.harness import RESULTS, machine, markdown_table, write_results
 
 # Published SASRec on ML-1M (Kang & McAuley 2018; sampled protocol) and the bar this project sets for the teacher.
 PUBLISHED = {"sampled": {"ndcg@10": 0.59, "hr@10": 0.82}, "full": {"ndcg@10": 0.16, "hr@10": 0.285}}
@@ -50,7 +52,36 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--work", default="runs/bench", help="data and run directory (resumable)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--run-file-only", action="store_true",
+                   help="write results/<name>_run.yaml from the committed <name>.json's settings, training nothing")  # fmt: skip
     return p.parse_args()
+
+
+def run_config(args: argparse.Namespace, data: str | Path, run_dir: str | Path) -> Any:
+    """The `TeacherRunConfig` of this benchmark's run (the file `dist-srec pretrain-teacher --config` reads)."""
+    from dist_srec.models.sasrec import SASRecConfig
+    from dist_srec.train.teacher import TeacherRunConfig, TeacherTrainConfig, teacher_loop
+
+    loop = teacher_loop(
+        epochs=args.epochs, eval_every_epochs=args.eval_every, patience=args.patience, seed=args.seed,
+        time_budget_s=args.budget_min * 60, progress=not args.no_progress,
+    )  # fmt: skip
+    train = TeacherTrainConfig(
+        loop=loop, batch_size=args.batch_size, loss=args.loss, num_negatives=args.num_negatives
+    )
+    return TeacherRunConfig(data=str(data), out=str(run_dir), model=SASRecConfig(**model_overrides(args)), train=train,
+                            final_eval=False)  # fmt: skip
+
+
+def write_run_file(args: argparse.Namespace, name: str) -> Path:
+    """results/<name>_run.yaml: the run file of this result, with portable paths."""
+    from dataclasses import asdict
+
+    from dist_srec.io import write_run_file as write
+
+    path = RESULTS / f"{name}_run.yaml"
+    write(path, asdict(run_config(args, f"data/{args.dataset}", f"runs/{name.replace('_', '-')}")))
+    return path
 
 
 def run(args: argparse.Namespace, data: Path, run_dir: Path) -> tuple[object, list[dict], dict]:
@@ -58,20 +89,13 @@ def run(args: argparse.Namespace, data: Path, run_dir: Path) -> tuple[object, li
     from dist_srec.config import PrepareConfig
     from dist_srec.data.prepare import prepare
     from dist_srec.inference.evaluate import evaluate_teacher
-    from dist_srec.train.teacher import TeacherTrainConfig, pretrain_teacher, teacher_loop
+    from dist_srec.train.teacher import run_teacher
 
     t0 = time.perf_counter()
     prepare(PrepareConfig(dataset=args.dataset, out=str(data), progress=not args.no_progress))
     prep_s = time.perf_counter() - t0
-    loop = teacher_loop(
-        epochs=args.epochs, eval_every_epochs=args.eval_every, patience=args.patience, seed=args.seed,
-        time_budget_s=args.budget_min * 60, progress=not args.no_progress,
-    )  # fmt: skip
-    cfg = TeacherTrainConfig(
-        loop=loop, batch_size=args.batch_size, loss=args.loss, num_negatives=args.num_negatives
-    )
     t0 = time.perf_counter()
-    state = pretrain_teacher(data, run_dir, model=model_overrides(args), cfg=cfg)
+    state = run_teacher(run_config(args, data, run_dir))
     wall_train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = run_dir / "results.json"
@@ -163,9 +187,14 @@ def report(args: argparse.Namespace, state, records: list[dict], train: dict) ->
 def main() -> int:
     args = parse()
     name = f"teacher_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
+    if args.run_file_only:
+        prior = json.loads((RESULTS / f"{name}.json").read_text())["settings"]
+        print(f"wrote {write_run_file(argparse.Namespace(**{**vars(args), **prior}), name)}")
+        return 0
     work = Path(args.work)
     state, records, train = run(args, work / f"data-{args.dataset}", work / name.replace("_", "-"))
     payload, md = report(args, state, records, train)
+    write_run_file(args, name)
     js, mdp = write_results(name, payload, md)
     print(md)
     print(f"wrote {js} and {mdp}")

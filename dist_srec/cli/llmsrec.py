@@ -60,7 +60,8 @@ def _evaluate_parser() -> ArgumentParser:
     p.add_argument(
         "--shuffle_history", type=bool, default=False, help="also evaluate with shuffled histories"
     )
-    p.add_argument("--exclude_history", type=bool, default=False, help="full ranking: drop history items")
+    p.add_argument("--exclude_history", type=str, default="no", choices=["no", "yes"],
+                   help="full ranking: drop the user's history items (as evaluate-teacher's, which also takes both)")  # fmt: skip
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--results", type=str | None, default=None,
                    help="results JSON file (default CKPT/../eval-<split>.json)")  # fmt: skip
@@ -72,7 +73,7 @@ def _evaluate(p: ArgumentParser, a: Namespace) -> int:
     out = a.results or Path(a.ckpt).resolve().parent / f"eval-{a.split}.json"
     doc = evaluate_srec(
         a.ckpt, data=a.data, split=a.split, num_users=a.eval_users, num_negatives=a.eval_negatives, seed=a.seed,
-        shuffle_history=a.shuffle_history, exclude_history=a.exclude_history, batch_size=a.batch_size, out=out,
+        shuffle_history=a.shuffle_history, exclude_history=a.exclude_history == "yes", batch_size=a.batch_size, out=out,
         progress=a.progress,
     )  # fmt: skip
     print(format_report(doc["report"]))

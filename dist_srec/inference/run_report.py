@@ -19,9 +19,7 @@ from typing import Any
 from dist_srec.errors import DataError
 from dist_srec.io import read_json
 from dist_srec.train.metric_logging import METRICS_FILE
-
-NOT_LOSS_TERMS = {"train_positions"}
-"""Step logs that are counts, not loss terms (the teacher's supervised positions)."""
+from dist_srec.train.run_log import NOT_LOSS_TERMS
 
 
 @dataclass

@@ -292,6 +292,8 @@ class Trainer:
                 out = self._report({**self._means, **rates}, None)
                 if show and not interactive():
                     eta = (total - st.global_step) * span / max(st.global_step - step0, 1)
+                    if cfg.time_budget_s:  # the budget ends the run first when it is shorter
+                        eta = min(eta, max(cfg.time_budget_s - st.elapsed_s, 0.0))
                     print(progress_line(self.task.name, out, total_steps=total, epochs=cfg.epochs, eta_s=eta,
                                         memory_gb=out["peak_memory_gb"]), flush=True)  # fmt: skip
             if cfg.max_steps and st.global_step >= cfg.max_steps:

@@ -19,6 +19,9 @@ import torch.distributed as dist
 
 from dist_srec.parallel.context import TrainContext
 
+NOT_LOSS_TERMS = {"train_positions"}
+"""Step logs that are counts, not loss terms (the teacher's supervised positions per step)."""
+
 
 def interactive() -> bool:
     """True when progress bars can redraw: stderr (tqdm's stream) is a terminal."""
@@ -57,7 +60,8 @@ def progress_line(
     """One line of key=value fields (see the module docstring); `metrics` holds step, epoch, lr, the
     `train_*` means and the rates."""
     step, epoch = int(metrics["step"]), int(metrics["epoch"])
-    terms = " ".join(f"{k[len('train_') :]}={v:.4f}" for k, v in metrics.items() if k.startswith("train_"))
+    terms = " ".join(f"{k[len('train_') :]}={v:.4f}" for k, v in metrics.items()
+                     if k.startswith("train_") and k not in NOT_LOSS_TERMS)  # fmt: skip
     rates = f"samples/s={metrics.get('samples_per_s', 0.0):.2f}"
     if "tokens_per_s" in metrics:
         rates += f" tokens/s={metrics['tokens_per_s']:.0f}"
