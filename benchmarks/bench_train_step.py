@@ -68,7 +68,8 @@ def parse() -> argparse.Namespace:
 
 
 def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) -> dict:
-    from dist_srec.cluster.ray_train import METRICS_FILE, RayConfig, fit
+    from dist_srec.cluster.ray_train import RayConfig, fit
+    from dist_srec.train.metric_logging import METRICS_FILE
     from dist_srec.models.lm_config import LLMConfig
     from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
     from dist_srec.train.loop_types import LoopConfig
