@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,27 +65,74 @@ def parse() -> argparse.Namespace:
     p.add_argument("--work", default="runs/bench/train-step")
     p.add_argument("--name", default="train_step")
     p.add_argument("--append", action="store_true", help="add rows to benchmarks/results/<name>.json")
+    p.add_argument("--run-files-only", action="store_true",
+                   help="write results/<name>_configs/ from the committed <name>.json, training nothing")  # fmt: skip
     return p.parse_args()
 
 
-def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) -> dict:
-    from dist_srec.cluster.ray_train import RayConfig, fit
-    from dist_srec.train.metric_logging import METRICS_FILE
+def run_configs(
+    args: argparse.Namespace, pattern: str, workers: int, stage: int, out: str | Path
+) -> tuple[Any, Any]:
+    """(SRecRunConfig, RayConfig) of one configuration: what `dist-srec launch train` runs."""
+    from dist_srec.cluster.ray_train import RayConfig
     from dist_srec.models.lm_config import LLMConfig
     from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
     from dist_srec.train.loop_types import LoopConfig
     from dist_srec.train.srec_train import SRecRunConfig
 
-    out = Path(args.work) / f"{pattern}-w{workers}-s{stage}"
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run: no resume
     loop = LoopConfig(max_steps=args.steps, lr=1e-4, log_every_steps=1, progress=False, eval_every_steps=0)
     cfg = SRecRunConfig(data=args.data, teacher=args.teacher, out=str(out), llm=LLMConfig(path=args.llm, dtype=args.dtype,
                         activation_checkpointing=args.activation_checkpointing),
                         loop=loop, batch_size=args.batch_size, eval_users=50, eval_negatives=args.eval_negatives,
                         mmap_threshold_bytes=args.mmap_threshold_bytes,
                         deepspeed=DeepSpeedConfig(pattern=pattern, stage=stage, override=args.ds_override))  # fmt: skip
+    ray_cfg = RayConfig(
+        num_workers=workers, name="bench", cpus_per_worker=args.cpus / workers, local_cpus=args.cpus
+    )
+    return cfg, ray_cfg
+
+
+def write_run_files(args: argparse.Namespace, rows: list[dict]) -> Path:
+    """results/<name>_configs/<i>-<pattern>-w<workers>-s<stage>.yaml: each row's `launch train` run file
+    (its DeepSpeed override, when it had one, beside it as .deepspeed.json); paths made portable."""
+    from dataclasses import asdict
+
+    from dist_srec.io import write_json_atomic, write_run_file
+
+    folder = RESULTS / f"{args.name}_configs"
+    for i, row in enumerate(rows):
+        if "pattern" not in row:
+            continue
+        stem = f"{i:02d}-{row['pattern']}-w{row['workers']}-s{row['zero_stage']}"
+        settings = row.get("settings", {})
+        override = settings.get("ds_override")
+        if override:
+            write_json_atomic(folder / f"{stem}.deepspeed.json", override)
+        row_args = argparse.Namespace(**{**vars(args), "steps": settings.get("steps", args.steps),
+                                         "llm": settings.get("llm", args.llm), "ds_override": None,
+                                         "activation_checkpointing": settings.get("activation_checkpointing", False),
+                                         "mmap_threshold_bytes": row.get("mmap_threshold_bytes"),
+                                         "data": "data/ml-100k", "teacher": "runs/teacher/best"})  # fmt: skip
+        cfg, ray_cfg = run_configs(
+            row_args, row["pattern"], row["workers"], row["zero_stage"], f"runs/train-step/{stem}"
+        )
+        doc = {**asdict(cfg), "ray": asdict(ray_cfg)}
+        if override:
+            doc["deepspeed"]["override"] = str(
+                (folder / f"{stem}.deepspeed.json").relative_to(RESULTS.parent.parent)
+            )
+        write_run_file(folder / f"{stem}.yaml", doc)
+    return folder
+
+
+def run_one(args: argparse.Namespace, pattern: str, workers: int, stage: int) -> dict:
+    from dist_srec.cluster.ray_train import fit
+    from dist_srec.train.metric_logging import METRICS_FILE
+
+    out = Path(args.work) / f"{pattern}-w{workers}-s{stage}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: no resume
+    cfg, ray_cfg = run_configs(args, pattern, workers, stage, out)
     t0 = time.time()
-    ray_cfg = RayConfig(num_workers=workers, name="bench", cpus_per_worker=args.cpus / workers)
     result = fit(cfg, ray_cfg, num_cpus=args.cpus,
                  object_store_memory=int(1e9), include_dashboard=False)  # fmt: skip
     total = time.time() - t0
@@ -139,6 +187,11 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
         "peak_rss_mb_sampled = the largest Ray worker's RSS and peak_used_mb_node = the machine's used memory, "
         "sampled every second from outside (so known for killed runs too; other jobs count in the latter).",
     ])  # fmt: skip
+    configs = write_run_files(args, rows)
+    md += (
+        f"\n\nRun files: `{configs.relative_to(RESULTS.parent.parent)}/` (one per row; "
+        "`dist-srec launch train --config FILE --data DIR --teacher CKPT --out DIR`)"
+    )
     write_results(args.name, {"settings": settings, "machine": mach, "rows": rows}, md)
 
 
@@ -147,6 +200,12 @@ def main() -> None:
 
     args = parse()
     prior = RESULTS / f"{args.name}.json"
+    if args.run_files_only:
+        doc = json.loads(prior.read_text())
+        print(
+            f"wrote {write_run_files(argparse.Namespace(**{**vars(args), **doc['settings']}), doc['rows'])}"
+        )
+        return
     rows = json.loads(prior.read_text())["rows"] if args.append and prior.is_file() else []
     for pattern in args.patterns.split(","):
         for spec in args.configs.split(","):
