@@ -91,7 +91,7 @@ def _best(rec: RunRecord, metric: str = "ndcg@10") -> tuple[int | None, float | 
 
 
 def markdown(runs: Sequence[RunRecord]) -> str:
-    """The runs' table and the config fields that differ between them (all fields for one run)."""
+    """The runs' table and the config fields, among those all the runs have, in which they differ."""
     tests = sorted({k for r in runs for k in r.test})
     cols = ["run", "kind", "steps", "best step", "best valid NDCG@10", *tests]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -101,7 +101,8 @@ def markdown(runs: Sequence[RunRecord]) -> str:
         vals = [r.name, r.kind, str(steps), "-" if step is None else str(step),
                 "-" if value is None else f"{value:.4f}", *(f"{r.test[t]:.4f}" if t in r.test else "-" for t in tests)]  # fmt: skip
         lines.append("| " + " | ".join(vals) + " |")
-    keys = sorted({k for r in runs for k in r.config})
+    # Fields every run has (a teacher and an LLM-SRec run share only the loop's and the batch's):
+    keys = sorted(set.intersection(*(set(r.config) for r in runs))) if runs else []
     differ = [k for k in keys if len({json.dumps(r.config.get(k), default=str) for r in runs}) > 1]
     shown = differ if len(runs) > 1 else []
     if shown:
@@ -130,14 +131,15 @@ def plot(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     if terms:
         fig, axes = plt.subplots(len(terms), 1, figsize=(7, 2.4 * len(terms)), sharex=True, squeeze=False)
         for ax, term in zip(axes[:, 0], terms):
-            for r in runs:
+            for i, r in enumerate(runs):  # one colour per run in every panel
                 pts = [(row["step"], row[term]) for row in r.metrics if term in row]
                 if pts:
-                    ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=r.name)
+                    ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, color=f"C{i}", label=r.name)
             ax.set_ylabel(term.removeprefix("train_"))
             ax.grid(alpha=0.3)
         axes[0, 0].set_title("training loss terms (epoch means so far)")
-        axes[0, 0].legend(fontsize=8)
+        handles = [plt.Line2D([], [], color=f"C{i}", label=r.name) for i, r in enumerate(runs)]
+        fig.legend(handles=handles, loc="upper right", fontsize=8)
         axes[-1, 0].set_xlabel("optimizer step")
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=110)
@@ -145,10 +147,10 @@ def plot(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
         written.append(out / "loss.png")
     fig, ax = plt.subplots(figsize=(7, 3.2))
     drawn = False
-    for r in runs:
+    for i, r in enumerate(runs):
         pts = [(h["step"], h["ndcg@10"]) for h in r.history if "ndcg@10" in h]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=r.name)
+            ax.plot(*zip(*pts), marker="o", color=f"C{i}", label=r.name)
             drawn = True
     if drawn:
         ax.set_xlabel("optimizer step")
