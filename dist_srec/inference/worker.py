@@ -15,6 +15,7 @@ fewer than k admissible items gets fewer rows.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from dist_srec.eval.ranking import Exclusion, chunked_topk
 from dist_srec.inference.encode import encode_shards
 from dist_srec.inference.load import load_srec
 from dist_srec.io import atomic_path
+from dist_srec.parallel.context import resolve_device
 
 
 @dataclass(kw_only=True)
@@ -45,7 +47,8 @@ class ScanConfig:
     """Items per chunk read from the store."""
     batch_items: int = 256
     """Items per LLM forward when encoding the catalog."""
-    device: str = "cpu"
+    device: str = "auto"
+    """Where the model and the scan run: `auto` is the GPU when there is one (as `train` does), else the CPU."""
 
     def __post_init__(self) -> None:
         for name in ("batch_users", "topk_users", "chunk_items", "batch_items"):
@@ -91,6 +94,7 @@ class CatalogWorker:
     of work a driver hands out: `encode(shards)` and `recommend_part(part)`."""
 
     def __init__(self, ckpt: str, data: str | None, identity: StoreIdentity, scan: ScanConfig):
+        scan = dataclasses.replace(scan, device=str(resolve_device(scan.device)))
         self.model, self.conf, self.cat = load_srec(ckpt, scan.device, data)
         key = heads_key(self.model.trainable_state_dict(), self.conf["llm"]["content_hash"])
         if key != identity.heads_key:

@@ -33,7 +33,7 @@ from dist_srec.models.special_tokens import (
     USER_OUT,
     add_special_tokens,
 )
-from dist_srec.models.zero3 import gathered, is_partitioned
+from dist_srec.models.zero3 import gathered, is_partitioned, rows
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +98,24 @@ class FrozenLM(nn.Module):
         }
 
     def input_embeddings(self) -> Tensor:
-        """The frozen token embedding table, [V, H].
+        """The frozen token embedding table as the model's own input-embedding module computes it, [V, H]:
+        row v = `model.get_input_embeddings()(v)`.
 
-        Under ZeRO-3 the parameter holds only this rank's partition, so the table is all-gathered once
-        and kept whole (it is frozen, and the splice reads it every pass: V x H per rank, e.g. 0.8 GB
-        for Llama-3.2-3B in bf16, against one all-gather of that size per pass otherwise).
+        For a plain `nn.Embedding` that is its weight, used as is. Some architectures transform inside
+        the module (Gemma scales by sqrt(H)); their table is computed once through the module, so the
+        splice feeds the LM what its own forward would. Under ZeRO-3 the parameter holds only this
+        rank's partition, so the table is all-gathered once and kept whole (it is frozen, and the
+        splice reads it every pass: V x H per rank, e.g. 0.8 GB for Llama-3.2-3B in bf16, against one
+        all-gather of that size per pass otherwise).
         """
-        w = self.model.get_input_embeddings().weight
-        if not is_partitioned(w):
+        module = self.model.get_input_embeddings()
+        w = module.weight
+        plain = type(module) is nn.Embedding
+        if plain and not is_partitioned(w):
             return w
         if self._table is None:
-            with gathered([w]):
-                self._table = w.detach().clone()
+            with gathered([w]), torch.no_grad():
+                self._table = w.detach().clone() if plain else _through_module(module, rows(w), w.device)
         return self._table
 
     @property
@@ -188,6 +194,12 @@ class FrozenLM(nn.Module):
         if self._hash is None:
             self._hash = _content_hash(self.model, self.tokenizer)
         return self._hash
+
+
+def _through_module(module: nn.Module, vocab: int, device: torch.device, chunk: int = 8192) -> Tensor:
+    """[V, H]: every token id through an embedding module, `chunk` ids at a time."""
+    return torch.cat([module(torch.arange(lo, min(lo + chunk, vocab), device=device)).detach()
+                      for lo in range(0, vocab, chunk)])  # fmt: skip
 
 
 def _content_hash(model: nn.Module, tokenizer) -> str:

@@ -29,7 +29,10 @@ class LLMConfig:
     """Which frozen LM to load and how to run it."""
 
     path: str = "smollm2"
-    """A local Hugging Face model directory, or `smollm2` (embedded GGUF) or `tiny` (random, debug)."""
+    """A local Hugging Face model directory, a Hugging Face Hub id (`org/name`; offline with
+    `HF_HUB_OFFLINE=1`, from the Hub cache), or `smollm2` (embedded GGUF) or `tiny` (random, debug)."""
+    revision: str | None = None
+    """With a Hub id: the branch, tag or commit to load (None: the default branch)."""
     dtype: DTypeName = "auto"
     """Weights and activations dtype. `auto`: bf16 where the GPU or CPU supports it, fp32 otherwise."""
     attn_implementation: str = "sdpa"

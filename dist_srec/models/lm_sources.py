@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -27,8 +28,13 @@ from dist_srec.models.tiny_lm import tiny_lm_dir
 log = logging.getLogger(__name__)
 
 
-def resolve_llm_path(cfg: LLMConfig) -> Path:
-    """The model directory named by `cfg`, converting or building the built-in ones on first use.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_llm_path(cfg: LLMConfig) -> Path | str:
+    """The model directory named by `cfg` (converting or building the built-in ones on first use), or
+    a Hugging Face Hub id (`org/name`) when no local directory has that name: transformers resolves it
+    through the Hub cache, at `cfg.revision`, and offline (`HF_HUB_OFFLINE=1`) from the cache alone.
 
     With several ranks per machine, let one of them call this first (`TrainContext.local_first`):
     concurrent first builds of the same cache entry replace each other's files.
@@ -37,10 +43,19 @@ def resolve_llm_path(cfg: LLMConfig) -> Path:
         return smollm2_safetensors(cfg.cache_dir)
     if cfg.path == "tiny":
         return tiny_lm_dir(cache_root(cfg.cache_dir))
-    return Path(cfg.path).expanduser()
+    local = Path(cfg.path).expanduser()
+    if local.exists() or not _HUB_ID.match(cfg.path):
+        return local
+    return cfg.path
 
 
-def load_causal_lm(path: Path, cfg: LLMConfig, dtype: torch.dtype):
+def _hub_offline() -> bool:
+    from huggingface_hub import constants  # deferred: only Hub ids need it
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def load_causal_lm(path: Path | str, cfg: LLMConfig, dtype: torch.dtype):
     from transformers import (  # deferred: transformers takes seconds to import
         AutoConfig,
         AutoModelForCausalLM,
@@ -51,15 +66,22 @@ def load_causal_lm(path: Path, cfg: LLMConfig, dtype: torch.dtype):
     )
     from transformers.utils import logging as hf_logging  # deferred: transformers takes seconds to import
 
-    if not path.exists():
+    hub = isinstance(path, str)
+    if not hub and not path.exists():
         raise ConfigError(
-            f"LLM path does not exist: {path} (give a local Hugging Face model directory, or 'smollm2')"
+            f"LLM path does not exist: {path} (give a local Hugging Face model directory, a Hub id "
+            "'org/name', or 'smollm2')"
         )
     remote = cfg.trust_remote_code
+    kw = {"trust_remote_code": remote, "local_files_only": not hub or _hub_offline()}
+    if hub and cfg.revision is not None:
+        kw["revision"] = cfg.revision
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"LLM path {path} is not a Hugging Face model directory: {e}") from e
+        where = ("is not in the Hugging Face cache (HF_HUB_OFFLINE is set)" if kw["local_files_only"]
+                 else "could not be fetched from the Hugging Face Hub") if hub else "is not a Hugging Face model directory"  # fmt: skip
+        raise ConfigError(f"LLM {path} {where}: {' '.join(str(e).split())[:300]}") from e
     custom = remote and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if not custom and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError(
@@ -69,7 +91,6 @@ def load_causal_lm(path: Path, cfg: LLMConfig, dtype: torch.dtype):
     truncated = cfg.num_layers is not None and cfg.num_layers < config.num_hidden_layers
     if truncated:
         config.num_hidden_layers = cfg.num_layers
-    kw = {"trust_remote_code": remote, "local_files_only": True}
     verbosity = hf_logging.get_verbosity()
     if truncated:  # the dropped layers' weights are "unexpected" by design: don't print a table of them
         hf_logging.set_verbosity_error()

@@ -43,12 +43,7 @@ class TrainContext:
         """
         rank, world = (dist.get_rank(), dist.get_world_size()) if _dist_on() else (0, 1)
         local = int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else 0
-        if device is None:
-            if torch.cuda.is_available():
-                device = torch.device("cuda", torch.cuda.current_device())
-            else:
-                device = torch.device("cpu")
-        return cls(rank=rank, world_size=world, device=torch.device(device), local_rank=local)
+        return cls(rank=rank, world_size=world, device=resolve_device(device), local_rank=local)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP over the process group when world_size > 1 (gloo on CPU, nccl on GPU), else the model."""
@@ -77,6 +72,17 @@ class TrainContext:
         out = fn() if self.local_rank == 0 else None
         self.barrier()
         return fn() if self.local_rank != 0 else out  # type: ignore[return-value]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, where None or "auto" is this process's CUDA device when there is one, else the CPU."""
+    if device is None or device == "auto":
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+    return torch.device(device)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

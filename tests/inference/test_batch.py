@@ -138,3 +138,18 @@ def test_cli_encode_catalog_and_recommend_batch(
     args[args.index("all")], args[args.index(str(out))] = str(bad), str(tmp_path / "recs2")
     assert main(args) == 2
     assert "line 1: unknown user 'nobody-at-all'" in capsys.readouterr().err
+
+
+def test_batch_jobs_run_on_the_gpu_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`encode-catalog` / `recommend-batch` default to `auto`, as `train` does: never silently on CPU."""
+    import torch
+
+    from dist_srec.inference.worker import ScanConfig
+    from dist_srec.parallel.context import resolve_device
+
+    assert ScanConfig().device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")

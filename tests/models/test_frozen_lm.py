@@ -223,3 +223,71 @@ def test_compile_covers_every_layer(cache, scope: str, graphs: int) -> None:
 def test_compile_scope_is_validated() -> None:
     with pytest.raises(ConfigError, match="compile_scope"):
         LLMConfig(compile_scope="model")
+
+
+class ScaledEmbedding(torch.nn.Embedding):
+    """An embedding module that transforms inside its forward, as Gemma's scales by sqrt(H)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 3.0 + 0.5
+
+
+def test_spliced_plain_tokens_are_what_the_models_own_embedding_module_computes(cache: str) -> None:
+    from dist_srec.kernels.seq_embed import seq_embed
+
+    lm = load_frozen_lm(LLMConfig(path="tiny", dtype="float32", cache_dir=cache))
+    plain = lm.model.get_input_embeddings()
+    scaled = ScaledEmbedding(plain.num_embeddings, plain.embedding_dim)
+    scaled.weight.data.copy_(plain.weight.data)
+    lm.model.set_input_embeddings(scaled)
+    lm = FrozenLM(lm.model, lm.tokenizer, source="tiny-scaled")
+    ids = torch.tensor(
+        [lm.tokenizer("hello world, a title", add_special_tokens=False)["input_ids"] + [lm.hist_id]]
+    )
+    h = lm.hidden_size
+    emb = seq_embed(ids, lm.input_embeddings(), torch.zeros(1, h), torch.tensor([0]), torch.zeros(2, h),
+                    hist_id=lm.hist_id, out_ids=(lm.user_out_id, lm.item_out_id))  # fmt: skip
+    with torch.no_grad():
+        want = scaled(ids[:, :-1])
+    torch.testing.assert_close(emb[:, :-1], want)
+    assert not torch.allclose(emb[:, :-1], plain.weight[ids[:, :-1]]), "the raw weight would be wrong here"
+
+
+def test_a_hub_id_loads_offline_from_the_hub_cache(cache: str, tmp_path: Path) -> None:
+    """`--llm.path org/name` with HF_HUB_OFFLINE=1: the model comes from a Hugging Face cache laid out on
+    disk (here the tiny model under a fake id), identical to loading its directory; an id the cache
+    lacks is one clear error."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    src = tiny_lm_dir(Path(cache))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--fake-org--tiny-llama"
+    shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    want = load_frozen_lm(LLMConfig(path=str(src), dtype="float32")).content_hash()
+    code = (
+        "import json\n"
+        "from dist_srec.errors import ConfigError\n"
+        "from dist_srec.models.frozen_lm import load_frozen_lm\n"
+        "from dist_srec.models.lm_config import LLMConfig\n"
+        "h = load_frozen_lm(LLMConfig(path='fake-org/tiny-llama', dtype='float32')).content_hash()\n"
+        "try:\n    load_frozen_lm(LLMConfig(path='fake-org/absent'))\n    err = None\n"
+        "except ConfigError as e:\n    err = str(e)\n"
+        "print(json.dumps({'hash': h, 'err': err}))\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["hash"] == want
+    assert got["err"].startswith(
+        "LLM fake-org/absent is not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+    )
