@@ -24,30 +24,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dist_srec.cluster.ray_session import ray_session
+from dist_srec.cluster.ray_session import RayWorkers, ray_session
 from dist_srec.data.item_vectors import StoreIdentity, assign_shards
-from dist_srec.errors import ConfigError
 from dist_srec.inference.worker import CatalogWorker
 
 
 @dataclass(kw_only=True)
-class RayCatalogConfig:
-    """How many actors, with which resources, on which cluster."""
-
-    num_workers: int = 2
-    use_gpu: bool = False
-    """One GPU per actor (the model and the top-k scan on it)."""
-    cpus_per_worker: float = 1.0
-    address: str | None = None
-    """`auto`: the running cluster; None: `RAY_ADDRESS` when set, else a new local cluster."""
-    local_cpus: int | None = None
-    """num_cpus of the local cluster this starts (None: Ray's default)."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"config field 'num_workers': must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"config field 'cpus_per_worker': must be > 0, got {self.cpus_per_worker}")
+class RayCatalogConfig(RayWorkers):
+    """The batch jobs' Ray actors: one model each (`RayWorkers`' fields)."""
 
     def open_runner(self, cfg: Any, identity: StoreIdentity) -> contextlib.AbstractContextManager[RayRunner]:
         """The batch jobs' `RunnerSource`: `ray_runner` with this config."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_srec.cluster.ray_session import ray_session
+from dist_srec.cluster.ray_session import RayWorkers, ray_session
 from dist_srec.errors import ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher_run
 from dist_srec.io import atomic_path, sha256_file
@@ -41,13 +41,10 @@ from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
 
 @dataclass(kw_only=True)
-class RayConfig:
-    """Where and how the workers run (Ray Train `ScalingConfig` / `RunConfig` / `TorchConfig`)."""
+class RayConfig(RayWorkers):
+    """Where and how the workers run (Ray Train `ScalingConfig` / `RunConfig` / `TorchConfig`): the
+    `RayWorkers` fields plus these."""
 
-    num_workers: int = 2
-    use_gpu: bool = False
-    """One GPU per worker and the nccl backend; else CPU workers with gloo."""
-    cpus_per_worker: float = 1.0
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Extra custom resources per worker (e.g. {"memory": 8e9}); CPU/GPU come from the fields above."""
     name: str = "dist-srec"
@@ -60,17 +57,9 @@ class RayConfig:
     backend: str | None = None
     """torch.distributed backend; None = nccl with GPUs, gloo otherwise."""
     timeout_s: int = 1800
-    address: str | None = None
-    """Ray cluster address for `ray.init` ("auto": the running cluster; None: `RAY_ADDRESS` when set,
-    as under `ray job submit`, else a new local cluster)."""
-    local_cpus: int | None = None
-    """num_cpus of the local cluster this run starts when there is none to join (None: Ray's default)."""
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"config field 'num_workers': must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"config field 'cpus_per_worker': must be > 0, got {self.cpus_per_worker}")
+        super().__post_init__()
         if self.max_failures < -1:
             raise ConfigError(f"config field 'max_failures': must be >= -1, got {self.max_failures}")
         if self.num_to_keep < 1:
