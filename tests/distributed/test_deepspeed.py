@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from dist_srec.errors import ConfigError
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig, deep_merge, deepspeed_dict
+from tests.spawned import finish_worker
 
 
 def test_config_is_generated_and_overridable(tmp_path: Path) -> None:
@@ -102,6 +103,7 @@ def _worker(rank: int, world: int, port: int, data: str, teacher: str, root: str
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    ok = False
     try:
         from dist_srec.models.frozen_lm import FrozenLM
         from dist_srec.parallel.context import TrainContext
@@ -143,8 +145,9 @@ def _worker(rank: int, world: int, port: int, data: str, teacher: str, root: str
         assert model1.lm.content_hash() == hash0, "the frozen LM changed under the one engine"
         torch.testing.assert_close(torch.tensor(loss1), torch.tensor(loss0), rtol=1e-5, atol=1e-6)
         Path(f"{root}/ok-{rank}").write_text(json.dumps({"loss0": loss0, "loss3": loss3, "idle": sum(idle)}))
+        ok = True
     finally:
-        dist.destroy_process_group()
+        finish_worker(ok)
 
 
 @pytest.mark.distributed

@@ -19,6 +19,7 @@ from dist_srec.data.loader import ShardLoader
 from dist_srec.data.prepare import prepare
 from dist_srec.errors import DataError
 from tests.data.synth import write_custom
+from tests.spawned import finish_worker
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def _worker(rank: int, world: int, port: int, data: str, workers: int, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    ok = False
     try:
         try:
             ld = ShardLoader(
@@ -42,6 +44,7 @@ def _worker(rank: int, world: int, port: int, data: str, workers: int, out: str)
             )
         except DataError as e:
             Path(out, f"r{rank}.json").write_text(json.dumps({"error": str(e)}))
+            ok = True
             return
         users, steps = [], 0
         for b in ld:
@@ -50,8 +53,9 @@ def _worker(rank: int, world: int, port: int, data: str, workers: int, out: str)
             users += b["user"][b["mask"]].tolist()
             steps += 1
         Path(out, f"r{rank}.json").write_text(json.dumps({"steps": steps, "users": users, "total": ld.total}))
+        ok = True
     finally:
-        dist.destroy_process_group()
+        finish_worker(ok)
 
 
 @pytest.mark.distributed

@@ -15,6 +15,7 @@ from dist_srec.eval.metrics import empty_sums, metric_sums
 from dist_srec.eval.protocols import all_reduce_sums
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train.teacher import train_teacher
+from tests.spawned import finish_worker
 from tests.train.test_teacher import ListLoader, _cfg, _model, _next_item_accuracy, cyclic_samples
 
 
@@ -22,6 +23,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    ok = False
     try:
         ctx = TrainContext.from_env()
         assert (ctx.rank, ctx.world_size) == (rank, world)
@@ -35,8 +37,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         sums = all_reduce_sums(metric_sums(torch.tensor([rank])) if rank else empty_sums())
         assert sums["count"] == 1.0 and sums["hr@10"] == 1.0
         assert state.epoch == 2 and ctx.agree(rank == 1)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        finish_worker(ok)
 
 
 @pytest.mark.distributed
