@@ -125,7 +125,11 @@ def run_file_parser(cls: type) -> Any:
 def from_namespace(cls: type[T], parser: Any, ns: Any) -> T:
     """`cls` built from a parsed namespace: nested config groups instantiated (and validated), then the
     top-level fields."""
-    built = parser.instantiate(ns)
+    return from_built(cls, parser.instantiate(ns))
+
+
+def from_built(cls: type[T], built: Any) -> T:
+    """`cls` from an instantiated namespace (its nested config groups already built)."""
     return cls(**{f.name: built[f.name] for f in fields(cls)})
 
 

@@ -7,7 +7,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from dist_srec.cli.command import Command, parser
 from dist_srec.cluster.ray_catalog import RayCatalogConfig
-from dist_srec.config import from_namespace
+from dist_srec.config import from_built
 from dist_srec.inference.batch_jobs import BatchRecConfig, CatalogJobConfig, encode_catalog, recommend_batch
 
 
@@ -20,7 +20,8 @@ def _job_parser(cls: type, description: str, examples: list[str]) -> ArgumentPar
 
 
 def _build(p: ArgumentParser, ns: Namespace, cls: type) -> tuple[object, RayCatalogConfig | None]:
-    return from_namespace(cls, p, ns), p.instantiate(ns).ray
+    built = p.instantiate(ns)  # once: the job's config groups and the optional Ray actors' config
+    return from_built(cls, built), built.ray
 
 
 def _encode_parser() -> ArgumentParser:

@@ -39,6 +39,11 @@ from dist_srec.data.batch import SAMPLE_KEYS, collate
 from dist_srec.errors import DataError
 from dist_srec.io import read_json, sha256_file
 
+# Shards this process has checked (path, size, mtime, the manifest's sha256 and count): the pre-flight
+# check, the training loader and every validation round's loaders read the same shards, and a file
+# rewritten since (a new size or mtime) or a manifest that says otherwise is checked again.
+_VERIFIED: set[tuple[str, int, int, str, int]] = set()
+
 
 def plan_ranges(
     total: int, rank: int, world_size: int, num_workers: int, remainder: str
@@ -136,7 +141,6 @@ class ShardLoader:
             )
         self.epoch = 0
         self._consumed = [0] * self.num_streams
-        self._verified: set[str] = set()
 
     @classmethod
     def for_checks(cls, data_dir: str | Path, split: str) -> ShardLoader:
@@ -199,7 +203,9 @@ class ShardLoader:
         path = self.root / entry["file"]
         if not path.is_file():
             raise DataError("shard is missing", path=path)
-        if self.cfg.verify_hashes and entry["file"] not in self._verified:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, entry["sha256"], int(entry["count"]))
+        if self.cfg.verify_hashes and key not in _VERIFIED:
             if sha256_file(path) != entry["sha256"]:
                 raise DataError("shard sha256 does not match the manifest (corrupt or truncated)", path=path)
             # The read loop stops at the planned count, so a lowered count would go unnoticed there.
@@ -207,7 +213,7 @@ class ShardLoader:
             if n != int(entry["count"]):
                 raise DataError(f"shard holds {n} samples, the manifest says {entry['count']}", path=path,
                                 field="count")  # fmt: skip
-            self._verified.add(entry["file"])
+            _VERIFIED.add(key)
         return path
 
     def _read_shard(self, entry: dict) -> Iterator[dict]:
