@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("__init__", "errors", "io", "config", "assets")
+LEAVES = ("__init__", "errors", "io", "storage", "config", "assets")
 """Modules every package may import (`__init__` is the package itself: its version): they import nothing
 of the project but each other."""
 LAYERS = ("data", "kernels", "models", "parallel", "eval", "train", "inference", "cluster", "demo", "cli")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from jsonargparse import ArgumentParser, Namespace
 
 from dist_srec.cli.command import Command, parser
@@ -11,6 +9,7 @@ from dist_srec.config import from_namespace
 from dist_srec.eval.compare import format_report
 from dist_srec.inference.evaluate import evaluate_srec
 from dist_srec.inference.recommend import recommend
+from dist_srec.storage import run_dir_of
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 
 
@@ -70,7 +69,7 @@ def _evaluate_parser() -> ArgumentParser:
 
 
 def _evaluate(p: ArgumentParser, a: Namespace) -> int:
-    out = a.results or Path(a.ckpt).resolve().parent / f"eval-{a.split}.json"
+    out = a.results or run_dir_of(a.ckpt) / f"eval-{a.split}.json"
     doc = evaluate_srec(
         a.ckpt, data=a.data, split=a.split, num_users=a.eval_users, num_negatives=a.eval_negatives, seed=a.seed,
         shuffle_history=a.shuffle_history, exclude_history=a.exclude_history == "yes", batch_size=a.batch_size, out=out,

@@ -8,6 +8,7 @@ resolved run file to OUT/config.yaml, so `--config OUT/config.yaml` replays it.
     dist-srec prepare --dataset ml-1m --out data/ml-1m
     dist-srec train --config benchmarks/configs/quality_ml-1m.yaml --out runs/srec
     dist-srec report runs/srec
+    dist-srec submit --address http://HEAD:8265 --follow true -- dist-srec launch train --config run.yaml
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser, Namespace
 
 from dist_srec import __version__
-from dist_srec.cli import batch, launch, llmsrec, teacher
+from dist_srec.cli import batch, launch, llmsrec, submit, teacher
 from dist_srec.cli.command import Command, HelpFormatter, parser
 from dist_srec.config import PrepareConfig, from_namespace
 from dist_srec.data.prepare import prepare, summary
@@ -103,6 +104,7 @@ COMMANDS: list[Command] = [
     *teacher.COMMANDS,
     *llmsrec.COMMANDS,
     Command("launch", "run training on Ray Train workers", _launch_parser, _launch),
+    *submit.COMMANDS,
     *batch.COMMANDS,
     Command("report", "table and curves of runs", _report_parser, _report),
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
@@ -10,6 +9,7 @@ from jsonargparse import ArgumentParser, Namespace
 from dist_srec.cli.command import Command, parser
 from dist_srec.config import from_namespace
 from dist_srec.inference.evaluate import evaluate_teacher, evaluate_teacher_run
+from dist_srec.storage import run_dir_of
 from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
 
@@ -66,7 +66,7 @@ def _evaluate_parser() -> ArgumentParser:
 def _evaluate(p: ArgumentParser, a: Namespace) -> int:
     protocols = ("sampled", "full") if a.protocol == "both" else (a.protocol,)
     excl = {"yes": (True,), "no": (False,), "both": (False, True)}[a.exclude_history]
-    out = a.results or Path(a.ckpt).resolve().parent / f"results-{a.split}.json"
+    out = a.results or run_dir_of(a.ckpt) / f"results-{a.split}.json"
     records = evaluate_teacher(
         a.ckpt, a.data, split=a.split, protocols=protocols, exclude_history=excl, num_users=a.eval_users,
         num_negatives=a.eval_negatives, seed=a.seed, batch_size=a.batch_size, out=out,

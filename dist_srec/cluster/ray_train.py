@@ -36,6 +36,7 @@ from dist_srec.errors import ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher_run
 from dist_srec.io import atomic_path, sha256_file
 from dist_srec.parallel.context import TrainContext
+from dist_srec.storage import RunDir, is_uri, join
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
@@ -50,7 +51,8 @@ class RayConfig(RayWorkers):
     name: str = "dist-srec"
     """Run name; the same name + storage_path resumes from the latest reported checkpoint."""
     storage_path: str | None = None
-    """Where Ray keeps checkpoints and results (shared storage on a cluster); default OUT/ray."""
+    """Where Ray keeps checkpoints and results: a path on shared storage or a URI (s3://, gs://, ...;
+    Ray reads it through pyarrow.fs); default OUT/ray (a URI OUT gives OUT/ray under it)."""
     max_failures: int = 0
     """Worker-group restarts allowed after a failure (-1 = unlimited)."""
     num_to_keep: int = 2
@@ -148,9 +150,10 @@ def train_worker(config: dict[str, Any]) -> None:
     job: Job = config["job"]
     device = ray.train.torch.get_device() if config.get("use_gpu") else "cpu"
     ctx = TrainContext.from_env(device)
-    Path(job.out).mkdir(parents=True, exist_ok=True)
-    restore_from_ray(job.out, ctx)
-    reporter = RayReporter(ctx, job.out, config.get("on_report"))
+    out = RunDir(job.out).local  # OUT, or this machine's mirror of a URI OUT
+    out.mkdir(parents=True, exist_ok=True)
+    restore_from_ray(out, ctx)
+    reporter = RayReporter(ctx, out, config.get("on_report"))
     if isinstance(job, SRecRunConfig):
         train_srec(job, ctx, reporter)
         return
@@ -160,9 +163,13 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def absolute_paths(job: Job) -> Job:
-    """`job` with its paths made absolute on the driver (workers may run in another directory)."""
+    """`job` with its local paths made absolute on the driver (workers may run in another directory);
+    URIs stay as they are."""
     names = ("data", "out", "teacher") if isinstance(job, SRecRunConfig) else ("data", "out")
-    return dataclasses.replace(job, **{n: str(Path(getattr(job, n)).resolve()) for n in names})
+    paths = {n: getattr(job, n) for n in names}
+    return dataclasses.replace(
+        job, **{n: v if is_uri(v) else str(Path(v).resolve()) for n, v in paths.items()}
+    )
 
 
 def build_trainer(job: Job, ray_cfg: RayConfig, on_report: OnReport | None = None) -> Any:
@@ -186,7 +193,7 @@ def build_trainer(job: Job, ray_cfg: RayConfig, on_report: OnReport | None = Non
     if not ray_cfg.use_gpu and os.environ.get("DS_ACCELERATOR") != "cpu":
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU workers: its accelerator probe would look for CUDA
     job = absolute_paths(job)
-    storage = ray_cfg.storage_path or str(Path(job.out).resolve() / "ray")
+    storage = ray_cfg.storage_path or join(job.out, "ray")
     return TorchTrainer(
         train_worker,
         train_loop_config={"job": job, "on_report": on_report, "use_gpu": ray_cfg.use_gpu},

@@ -33,6 +33,7 @@ from dist_srec.config import PrepareConfig
 from dist_srec.data.sources import RawData
 from dist_srec.errors import DataError
 from dist_srec.io import read_json, sha256_file
+from dist_srec.storage import data_name, local_data
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,11 @@ def write_catalog(cat: CatalogArrays, out: Path) -> dict[str, dict]:
 
 
 class Catalog:
-    """A prepared data directory: parquet catalog + manifest (+ shards, read by the loader)."""
+    """A prepared data directory: parquet catalog + manifest (+ shards, read by the loader). `root` is
+    a local path or a URI (staged locally by `dist_srec.storage.local_data`; `identity()` names the URI)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = local_data(root)
         manifest = self.root / "manifest.json"
         if not manifest.is_file():
             raise DataError("not a prepared data directory (run `dist-srec prepare`)", path=manifest)
@@ -287,7 +289,7 @@ class Catalog:
 
     def identity(self) -> dict[str, Any]:
         """The catalog block a checkpoint's config.json records (`catalog_mismatch` compares two)."""
-        return {"data": str(self.root.resolve()), "num_items": self.num_items, "num_users": self.num_users,
+        return {"data": data_name(self.root), "num_items": self.num_items, "num_users": self.num_users,
                 "content_sha256": self.content_sha256, "manifest_sha256": self.manifest_sha256}  # fmt: skip
 
     def _table(self, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -20,6 +20,8 @@ DataLoader prefetched but the consumer never received are not counted.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import json
 import math
@@ -38,6 +40,7 @@ from dist_srec.config import LoaderConfig
 from dist_srec.data.batch import SAMPLE_KEYS, collate
 from dist_srec.errors import DataError
 from dist_srec.io import read_json, sha256_file
+from dist_srec.storage import exists, join, local_data, read_bytes, remote_source
 
 # Shards this process has checked (path, size, mtime, the manifest's sha256 and count): the pre-flight
 # check, the training loader and every validation round's loaders read the same shards, and a file
@@ -105,7 +108,9 @@ class ShardLoader:
     """Iterate the batches of one split for one rank.
 
     Args:
-        data_dir: a prepared data directory (manifest.json + shards/).
+        data_dir: a prepared data directory (manifest.json + shards/), a local path or a URI; from a
+            URI the shards stream into memory one at a time (`dist_srec.storage`), and each is checked
+            against the manifest's sha256 and count before any of its samples is used.
         split: "train", "valid" or "test".
         cfg: batch size, history length L, workers, shuffle, remainder policy.
         rank, world_size: this process's place among the data-parallel ranks.
@@ -118,7 +123,8 @@ class ShardLoader:
     ):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world size {world_size}")
-        self.root, self.split, self.cfg = Path(data_dir), split, cfg
+        self.root, self.split, self.cfg = local_data(data_dir), split, cfg
+        self.remote = remote_source(self.root)
         self.rank, self.world_size = rank, world_size
         manifest = read_json(self.root / "manifest.json") if (self.root / "manifest.json").is_file() else None
         if manifest is None:
@@ -195,9 +201,27 @@ class ShardLoader:
 
     def verify(self) -> None:
         """Check every shard of the split now (present, sha256, exact sample count), so that a bad shard
-        is reported before training starts rather than when an epoch or a validation round reaches it."""
+        is reported before training starts rather than when an epoch or a validation round reaches it.
+        Shards streamed from a URI are checked for presence here (reading them all would be an epoch of
+        downloads) and for sha256 and count as each one arrives."""
         for entry in self.shards:
-            self._check_shard(entry)
+            if self.remote is None:
+                self._check_shard(entry)
+            elif not exists(join(self.remote, entry["file"])):
+                raise DataError("shard is missing", path=join(self.remote, entry["file"]))
+
+    def _fetch_remote(self, entry: dict) -> tuple[str, bytes]:
+        """(URI, bytes) of a streamed shard, checked like a local one before it is read."""
+        uri = join(self.remote, entry["file"])
+        data = read_bytes(uri)
+        if self.cfg.verify_hashes:
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise DataError("shard sha256 does not match the manifest (corrupt or truncated)", path=uri)
+            n = count_samples(data, uri)
+            if n != int(entry["count"]):
+                raise DataError(f"shard holds {n} samples, the manifest says {entry['count']}", path=uri,
+                                field="count")  # fmt: skip
+        return uri, data
 
     def _check_shard(self, entry: dict) -> Path:
         path = self.root / entry["file"]
@@ -217,10 +241,15 @@ class ShardLoader:
         return path
 
     def _read_shard(self, entry: dict) -> Iterator[dict]:
-        path = self._check_shard(entry)
+        if self.remote is None:
+            path: Path | str = self._check_shard(entry)
+            opened: Any = wds.gopen(str(path), "rb")
+        else:
+            path, data = self._fetch_remote(entry)
+            opened = io.BytesIO(data)
         n = 0
         try:
-            with wds.gopen(str(path), "rb") as stream:
+            with opened as stream:
                 files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream))
                 for raw in group_by_keys(files):
                     n += 1
@@ -281,11 +310,14 @@ class ShardLoader:
         self._consumed = list(state["consumed"]) if mid_epoch else [0] * self.num_streams
 
 
-def count_samples(path: Path) -> int:
-    """The number of samples in a webdataset tar: runs of members sharing a key (the name up to the
-    first dot of its base name), read from the tar headers only."""
+def count_samples(shard: Path | bytes, name: object = None) -> int:
+    """The number of samples in a webdataset tar (a file, or its bytes named `name` in errors): runs of
+    members sharing a key (the name up to the first dot of its base name), read from the tar headers."""
+    path = name if isinstance(shard, bytes) else shard
     try:
-        with tarfile.open(path) as tf:
+        with (
+            tarfile.open(fileobj=io.BytesIO(shard)) if isinstance(shard, bytes) else tarfile.open(shard) as tf
+        ):
             keys = [re.sub(r"\.[^/]*$", "", m.name) for m in tf if m.isfile()]
     except (OSError, EOFError, tarfile.TarError) as e:
         raise DataError(f"cannot read shard: {e}", path=path) from e

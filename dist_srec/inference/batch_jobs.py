@@ -37,6 +37,7 @@ from dist_srec.inference.encode import checkpoint_identity, default_store_dir, p
 from dist_srec.inference.recommend import unknown_key_error
 from dist_srec.inference.worker import CatalogWorker, ScanConfig
 from dist_srec.io import read_json, sha256_file, write_json_atomic
+from dist_srec.storage import local_checkpoint
 from dist_srec.train.checkpoint import model_sha256
 
 JOB_FORMAT = "dist-srec/recommend-batch"
@@ -195,7 +196,7 @@ def recommend_batch(cfg: BatchRecConfig, ray: RunnerSource | None = None) -> dic
     identity = checkpoint_identity(cfg.ckpt, cfg.data)
     if cfg.k > identity.num_items:
         raise DataError(f"k={cfg.k} is larger than the catalog ({identity.num_items} items)", field="k")
-    cat = Catalog.load(cfg.data or read_json(Path(cfg.ckpt) / "config.json")["catalog"]["data"])
+    cat = Catalog.load(cfg.data or read_json(local_checkpoint(cfg.ckpt) / "config.json")["catalog"]["data"])
     users = np.arange(1, cat.num_users + 1) if cfg.users == "all" else read_users(cfg.users, cat.user_keys)
     out = Path(cfg.out)
     job = _job(cfg, identity, users)

@@ -39,6 +39,7 @@ from dist_srec.data.item_vectors import (
 from dist_srec.errors import CheckpointError, ConfigError, DataError
 from dist_srec.eval.tables import encode_id_range
 from dist_srec.io import read_json, write_json_atomic
+from dist_srec.storage import run_dir_of
 from dist_srec.train.checkpoint import load_checkpoint
 from dist_srec.train.srec_task import require_srec_format
 
@@ -75,7 +76,7 @@ def checkpoint_identity(ckpt: str | Path, data: str | Path | None = None) -> Sto
 
 def default_store_dir(ckpt: str | Path, identity: StoreIdentity, dtype: str) -> Path:
     """`<run dir>/cache/vectors-<heads key>-<dtype>`: where training and evaluation keep theirs too."""
-    return store_dir(Path(ckpt).resolve().parent, identity, dtype)
+    return store_dir(run_dir_of(ckpt), identity, dtype)
 
 
 def prepare_store(

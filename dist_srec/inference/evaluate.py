@@ -14,6 +14,7 @@ from dist_srec.eval.protocols import EvalProtocol, check_negatives, result_recor
 from dist_srec.eval.teacher_eval import evaluate_model
 from dist_srec.inference.load import catalog_vectors, load_srec
 from dist_srec.parallel.context import TrainContext
+from dist_srec.storage import RunDir, join
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.checkpoint import model_sha256
 from dist_srec.train.teacher import TeacherTrainConfig, load_teacher
@@ -130,8 +131,13 @@ def evaluate_teacher_run(
     data_dir: str | Path, out_dir: str | Path, cfg: TeacherTrainConfig, ctx: TrainContext | None = None
 ) -> list[dict[str, Any]]:
     """The closing evaluation of a `pretrain-teacher` run: OUT/best on the test split, both protocols,
-    with the run's seed and validation negatives; rank 0 writes OUT/results.json."""
-    return evaluate_teacher(
-        Path(out_dir) / "best", data_dir, out=Path(out_dir) / "results.json", seed=cfg.loop.seed, ctx=ctx,
+    with the run's seed and validation negatives; rank 0 writes OUT/results.json (and publishes it
+    when OUT is a URI; `best` is read from its published version there, on any machine)."""
+    run = RunDir(out_dir)
+    records = evaluate_teacher(
+        join(out_dir, "best"), data_dir, out=run.local / "results.json", seed=cfg.loop.seed, ctx=ctx,
         num_negatives=cfg.eval_negatives, progress=cfg.loop.progress,
     )  # fmt: skip
+    if ctx is None or ctx.is_main:
+        run.publish()
+    return records

@@ -22,6 +22,7 @@ from dist_srec.models.llmsrec import LLMSRec, LLMSRecConfig
 from dist_srec.models.lm_config import LLMConfig
 from dist_srec.models.losses import LossConfig
 from dist_srec.models.prompts import PromptConfig
+from dist_srec.storage import run_dir_of
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.srec_build import build_model
 from dist_srec.train.srec_task import check_identity, identity
@@ -68,7 +69,7 @@ def catalog_vectors(
     ident = vectors_identity(
         conf, model.trainable_state_dict(), catalog_sha256=cat.content_sha256, num_items=cat.num_items
     )
-    run_dir = Path(ckpt).resolve().parent
+    run_dir = run_dir_of(ckpt)
     root = store_dir(run_dir, ident, TABLE_LAYOUT.dtype)
     if cache_dir is not None:
         root = Path(cache_dir) / root.name

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dist_srec.errors import CheckpointError
 from dist_srec.io import atomic_path, read_json, sha256_file
+from dist_srec.storage import local_checkpoint
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -96,8 +97,9 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, *, with_train_state: bool = True) -> Checkpoint:
-    """Read a checkpoint directory; a missing or unreadable file raises `CheckpointError` naming it."""
-    path = Path(path)
+    """Read a checkpoint directory (a local path, or a URI staged by `dist_srec.storage`); a missing
+    or unreadable file raises `CheckpointError` naming it."""
+    path = local_checkpoint(path)
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise CheckpointError(
@@ -128,7 +130,7 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = True) -> Check
 
 def model_sha256(path: str | Path) -> str:
     """sha256 of a checkpoint's model weights: the checkpoint's identity in result files and caches."""
-    return sha256_file(Path(path) / MODEL_FILE)
+    return sha256_file(local_checkpoint(path) / MODEL_FILE)
 
 
 def rng_state() -> dict[str, Tensor]:

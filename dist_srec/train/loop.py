@@ -42,6 +42,7 @@ from tqdm import tqdm
 from dist_srec.errors import CheckpointError, ConfigError, OutputBusyError, TrainingError
 from dist_srec.io import RUN_FILE, clean_stale_temporaries, exclusive_output, recover_atomic, write_run_file
 from dist_srec.parallel.context import TrainContext
+from dist_srec.storage import RunDir
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.loop_types import (
     BatchLoader,
@@ -98,7 +99,8 @@ class Trainer:
         run_file: Mapping[str, Any] | None = None,
     ):
         self.task, self.loader, self.validate = task, loader, validate
-        self.cfg, self.ctx, self.out, self.reporter = cfg, ctx, Path(out_dir), reporter
+        self.run = RunDir(out_dir)  # OUT, or the local mirror of a URI (`dist_srec.storage`)
+        self.cfg, self.ctx, self.out, self.reporter = cfg, ctx, self.run.local, reporter
         self.run_file = run_file
         task.setup(ctx)
         adam = torch.optim.Adam(task.trainable(), lr=cfg.lr, betas=cfg.betas)
@@ -159,6 +161,8 @@ class Trainer:
                 rng=ckpt_io.rng_state(),
             )
         self._report({}, self.last_dir)
+        if self.ctx.is_main:
+            self.run.publish()  # a remote OUT: the checkpoint and the logs so far
 
     def _report(self, metrics: dict[str, float], checkpoint: Path | None) -> dict[str, float]:
         """On every rank at the same points: hand this rank's metrics to the reporter, and log their mean
@@ -318,6 +322,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             self._take_output(stack)
             if self.ctx.is_main:
+                stack.callback(self.run.publish)  # last, after the loggers have flushed
                 self.metrics = stack.enter_context(
                     contextlib.closing(MultiLogger(self.out, self.cfg.metric_loggers))
                 )
@@ -325,7 +330,8 @@ class Trainer:
 
     def _take_output(self, stack: contextlib.ExitStack) -> None:
         """Rank 0 locks the output directory for the run (a second writer is refused on every rank),
-        finishes a checkpoint swap that a kill interrupted, and deletes stale temporaries."""
+        pulls a remote OUT into its mirror, finishes a checkpoint swap that a kill interrupted, and
+        deletes stale temporaries; then the first rank of every other machine pulls its own mirror."""
         busy: OutputBusyError | None = None
         if self.ctx.is_main:
             try:
@@ -333,6 +339,7 @@ class Trainer:
             except OutputBusyError as e:
                 busy = e
             else:
+                self.run.pull()
                 if self.run_file is not None:
                     write_run_file(self.out / RUN_FILE, self.run_file)
                 for d in (self.last_dir, self.best_dir):
@@ -342,11 +349,17 @@ class Trainer:
         if self.ctx.agree(busy is not None):
             raise busy or OutputBusyError(f"{self.out} is being written by another run (see rank 0's error)")
         self.ctx.barrier()
+        if self.run.remote is not None and not self.ctx.is_main and self.ctx.local_rank == 0:
+            self.run.pull()  # another machine: its own mirror (on rank 0's machine, already current)
+        self.ctx.barrier()
 
     def _fit(self) -> TrainState:
         cfg = self.cfg
-        self.maybe_resume()
+        resumed = self.maybe_resume()
         st = self.state
+        if resumed and self.ctx.is_main:
+            tqdm.write(f"[{self.task.name}] resumed from {self.run.out}/last at step {st.global_step} "
+                       f"(epoch {st.epoch + 1}, {st.samples} samples seen)")  # fmt: skip
         if st.stopped == "early_stop":
             return st
         self._means: dict[str, float] = {}

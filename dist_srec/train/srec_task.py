@@ -32,6 +32,7 @@ from dist_srec.models.llmsrec import LLMSRec
 from dist_srec.parallel.context import TrainContext
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.parallel.one_engine import OneEngine
+from dist_srec.storage import is_uri
 from dist_srec.train.stepper import Stepper, TorchStepper
 from dist_srec.train.teacher_loss import sample_train_negatives
 
@@ -175,7 +176,10 @@ def identity(
     """The identity block of an LLM-SRec checkpoint's config.json."""
     return {
         "llm": {**asdict(llm_cfg), "content_hash": lm_hash},
-        "teacher": {"path": str(Path(teacher_path).resolve()), "sha256": teacher_sha256},
+        "teacher": {
+            "path": teacher_path if is_uri(teacher_path) else str(Path(teacher_path).resolve()),
+            "sha256": teacher_sha256,
+        },
         "catalog": dict(catalog),
         "model": asdict(model_cfg),
         "train": dict(train),

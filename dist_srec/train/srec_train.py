@@ -10,7 +10,6 @@ validation round leaves its item vectors in OUT/cache as an item-vector store
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dist_srec.data.catalog import Catalog
@@ -25,6 +24,7 @@ from dist_srec.models.lm_sources import resolve_llm_path
 from dist_srec.parallel.context import TrainContext
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.parallel.lm_engine import init_deepspeed_distributed
+from dist_srec.storage import RunDir
 from dist_srec.train.loop import Trainer
 from dist_srec.train.loop_types import LoopConfig, TrainState
 from dist_srec.train.preflight import check_run_inputs
@@ -97,6 +97,7 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
     )
     loader = rank_loader(cfg.data, "train", cfg.batch_size, teacher_len, ctx, shuffle=True, seed=cfg.loop.seed,
                      num_workers=cfg.num_workers, remainder="drop")  # fmt: skip
+    out = RunDir(cfg.out).local  # where the Trainer writes: OUT, or the local mirror of a URI
     proto = EvalProtocol.validation(cfg.loop.seed, cfg.eval_users, cfg.eval_negatives)
     selected = select_users(cat.num_users, proto.num_users, proto.seed)
 
@@ -114,8 +115,8 @@ def train_srec(cfg: SRecRunConfig, ctx: TrainContext | None = None, reporter: An
         if ctx.is_main:  # if this round becomes `best`, its evaluation reuses these vectors
             ident = vectors_identity(t.config_json(), heads, catalog_sha256=cat.content_sha256,
                                      num_items=cat.num_items)  # fmt: skip
-            write_table(store_dir(cfg.out, ident, TABLE_LAYOUT.dtype), ident, items, TABLE_LAYOUT)
-            prune_stores(Path(cfg.out) / "cache", TABLE_LAYOUT.dtype, keep=VALIDATION_STORES_KEPT)
+            write_table(store_dir(out, ident, TABLE_LAYOUT.dtype), ident, items, TABLE_LAYOUT)
+            prune_stores(out / "cache", TABLE_LAYOUT.dtype, keep=VALIDATION_STORES_KEPT)
         users = user_table(m.encode_users, batches(), cat.num_users, selected, progress=show,
                            lockstep=ctx.world_size > 1)  # fmt: skip
         return evaluate_tables(users, items, batches(), proto, user_items=user_items, num_users=cat.num_users)

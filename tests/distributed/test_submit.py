@@ -1,21 +1,25 @@
-"""Cluster job submission: the example cluster specs parse and use documented fields; a job submitted
-through `launch/submit.py` (Ray Jobs SDK) to a loopback-only local head runs and succeeds."""
+"""Cluster job submission: the example cluster specs parse and use documented fields; `dist-srec submit`
+ships the project to a loopback-only local head whose Python lacks it, and the README's cluster path
+(train on URIs, stop, resubmit and resume, batch recommendations) runs there."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dist_srec.cluster.submit import SubmitConfig
+from dist_srec.cluster.submit import SubmitConfig, job_entrypoint, runtime_env, unpack_wheel
 from dist_srec.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,8 +52,11 @@ def test_kuberay_rayjob_yaml_uses_documented_fields() -> None:
     doc = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob") and doc["metadata"]["name"]
     spec = doc["spec"]
-    assert set(spec) <= RAYJOB_SPEC and "launch/train.py train" in spec["entrypoint"]
-    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"]
+    assert set(spec) <= RAYJOB_SPEC and spec["entrypoint"].startswith("python -m dist_srec launch train")
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    images = {c["image"] for g in [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
+              for c in g["template"]["spec"]["containers"]}  # fmt: skip
+    assert len(images) == 1 and "launch/cluster/Dockerfile" in (CLUSTER / "rayjob.yaml").read_text()
     rc = spec["rayClusterSpec"]
     assert set(rc) <= CLUSTER_SPEC and set(rc["headGroupSpec"]) <= {"rayStartParams", "template", "serviceType",
                                                                     "headService", "enableIngress"}  # fmt: skip
@@ -60,18 +67,51 @@ def test_kuberay_rayjob_yaml_uses_documented_fields() -> None:
     assert "--ray.use_gpu true" in spec["entrypoint"] and "--deepspeed.stage 3" in spec["entrypoint"]
 
 
+def test_dockerfile_installs_the_stack_and_the_project() -> None:
+    """The image rayjob.yaml names: every COPY source exists in the repository, the pinned stack is
+    installed before the project, and the project is installed without pulling other dependencies."""
+    lines = [
+        ln.strip() for ln in (CLUSTER / "Dockerfile").read_text().splitlines() if ln.strip() and ln[0] != "#"
+    ]
+    assert lines[0].startswith("FROM rayproject/ray:") and "2.60.0" in lines[0]
+    copies = [ln.split()[2:-1] for ln in lines if ln.startswith("COPY")]
+    assert copies and all((REPO / src.rstrip("/")).exists() for srcs in copies for src in srcs)
+    run = " ".join(ln for ln in lines if ln.startswith("RUN") or ln.startswith("&&"))
+    assert (
+        run.index("requirements/stack.txt") < run.index("--no-deps .") and "import dist_srec.kernels" in run
+    )
+
+
 def test_submit_config_validates_and_builds_runtime_env(tmp_path: Path) -> None:
-    req = tmp_path / "req.txt"
+    req, extra = tmp_path / "req.txt", tmp_path / "env.yaml"
     req.write_text("webdataset==1.0.2\n")
-    env = SubmitConfig(
-        entrypoint="python -V", working_dir=str(REPO), pip=str(req), env_vars={"A": "1"}
-    ).runtime_env()
-    assert env["working_dir"] == str(REPO) and env["pip"] == str(req) and env["env_vars"] == {"A": "1"}
-    assert ".venv/" in env["excludes"] and "runs/" in env["excludes"]
-    with pytest.raises(ConfigError, match="entrypoint"):
-        SubmitConfig(entrypoint=" ")
+    extra.write_text("env_vars: {A: '0', B: '2'}\npy_modules: [/x/mine]\nconda: null\n")
+    cfg = SubmitConfig(working_dir=str(REPO), pip=str(req), env_vars={"A": "1"}, runtime_env=str(extra))
+    env = runtime_env(cfg, ["/s/dist_srec", "/s/dist_srec-0.1.0.dist-info"])
+    assert env["py_modules"] == ["/x/mine", "/s/dist_srec", "/s/dist_srec-0.1.0.dist-info"]
+    assert (
+        env["working_dir"] == str(REPO) and env["pip"] == str(req) and env["env_vars"] == {"A": "1", "B": "2"}
+    )
+    assert ".venv/" in env["excludes"] and "runs/" in env["excludes"] and "conda" in env
+    assert runtime_env(SubmitConfig(), ["/m"]) == {
+        "py_modules": ["/m"]
+    }  # no working dir: nothing else uploaded
+    assert (
+        job_entrypoint(["dist-srec", "train", "--data", "s3://b/d x"])
+        == "python -m dist_srec train --data 's3://b/d x'"
+    )
+    assert job_entrypoint(["python", "x.py"]) == "python x.py"
+    with pytest.raises(ConfigError, match="no entrypoint"):
+        job_entrypoint([])
     with pytest.raises(ConfigError, match="does not exist"):
-        SubmitConfig(entrypoint="python -V", pip=str(tmp_path / "missing.txt"))
+        SubmitConfig(pip=str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match=r"not a \.whl"):
+        SubmitConfig(wheel=str(req))
+    bogus = tmp_path / "other-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(bogus, "w") as z:
+        z.writestr("other/__init__.py", "")
+    with pytest.raises(ConfigError, match="not a dist-srec wheel"):
+        unpack_wheel(bogus, tmp_path / "unpacked")
 
 
 def _free_port() -> int:
@@ -80,45 +120,112 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # about 60-70 s on 2 busy cores: head start-up, upload, a Ray Train run
+def _bare_python(root: Path) -> Path:
+    """A venv whose site-packages reaches this one's third-party packages through a .pth line, but not
+    its editable install of dist-srec (a .pth file's finder runs only in a real site dir): the Python
+    of a cluster that has the stack and not this project."""
+    venv.EnvBuilder(with_pip=False).create(root)
+    (site,) = (root / "lib").glob("python3*/site-packages")
+    ours = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "ray").is_dir())
+    (site / "stack.pth").write_text(f"{ours}\n")
+    return root / "bin" / "python"
+
+
+def _pointer_step(run: Path) -> int:
+    ref = run / "last.ref.json"
+    if not ref.is_file():
+        return 0
+    state = json.loads((run / json.loads(ref.read_text())["dir"] / "train_state.json").read_text())
+    return int(state["train_state"]["global_step"])
+
+
 @pytest.mark.distributed
-def test_submit_tiny_job_to_local_head(srec_setup, tmp_path: Path) -> None:
-    """`ray start --head` on 127.0.0.1 only (blocking, in its own session, so exactly this cluster is
-    stopped afterwards); launch/submit.py --follow submits `launch/train.py pretrain-teacher` on one
-    Ray Train worker (a one-epoch tiny teacher); its logs stream and it SUCCEEDS."""
-    data, _ = srec_setup
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def test_cluster_path_end_to_end(srec_setup, tmp_path: Path) -> None:
+    """The README's cluster section against a head whose Python cannot import dist-srec: `dist-srec
+    submit` ships a wheel; a Ray Train job on `file://` data, teacher and OUT trains and publishes
+    checkpoints; it is stopped, resubmitted and resumes; a batch job writes recommendations."""
+    data, teacher = srec_setup
+    bare = _bare_python(tmp_path / "bare")
+    probe = subprocess.run([str(bare), "-c", "import ray, torch, deepspeed; import dist_srec"], cwd=tmp_path,
+                           capture_output=True, text=True)  # fmt: skip
+    assert probe.returncode != 0 and "No module named 'dist_srec'" in probe.stderr, probe.stderr[-500:]
+
+    bucket = tmp_path / "bucket"
+    shutil.copytree(data, bucket / "data")
+    shutil.copytree(teacher, bucket / "teacher")
+    out_uri, run = f"file://{bucket}/runs/srec", bucket / "runs" / "srec"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bare.parent}:{os.environ['PATH']}",
+           "DIST_SREC_CACHE": str(tmp_path / "node-cache")}  # fmt: skip
     gcs, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"ray-dsj-{os.getpid()}"  # short: unix socket paths have a length limit
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        [str(bare), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
          "--object-store-memory=200000000", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        from ray.job_submission import JobSubmissionClient
+        from ray.job_submission import JobStatus, JobSubmissionClient
 
         address = f"http://127.0.0.1:{dash}"
         for _ in range(120):  # the job server comes up a few seconds after the head
             try:
-                JobSubmissionClient(address).list_jobs()
+                client = JobSubmissionClient(address)
+                client.list_jobs()
                 break
             except Exception:
                 time.sleep(1)
-        out_dir = tmp_path / "teacher"
-        entry = [sys.executable, "launch/train.py", "pretrain-teacher", "--data", str(data), "--out", str(out_dir),
-                 "--ray.num_workers", "1", "--train.loop.epochs", "1", "--train.loop.eval_every_epochs", "1",
-                 "--train.eval_negatives", "20", "--train.batch_size", "16", "--model.hidden", "16",
-                 "--model.max_len", "20", "--train.loop.progress", "false", "--final_eval", "false"]  # fmt: skip
-        out = subprocess.run(
-            [sys.executable, str(REPO / "launch" / "submit.py"), "--address", address, "--follow", "--", *entry],
-            env=env, capture_output=True, text=True, timeout=240,
+        submit = [sys.executable, "-m", "dist_srec", "submit", "--address", address]
+        train = ["--", "dist-srec", "launch", "train", "--data", f"file://{bucket}/data",
+                 "--teacher", f"file://{bucket}/teacher", "--out", out_uri, "--llm.path", "tiny",
+                 "--llm.dtype", "float32", "--model.head_hidden", "32", "--batch_size", "4", "--eval_users", "10",
+                 "--eval_negatives", "20", "--loop.max_steps", "40", "--loop.eval_every_steps", "20",
+                 "--loop.save_every_steps", "2", "--loop.progress", "false", "--ray.num_workers", "1",
+                 "--ray.address", "auto", "--ray.name", "srec-e2e"]  # fmt: skip
+        first = subprocess.run([*submit, *train], env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+        job = first.stdout.split("submitted job ", 1)[1].split()[0]
+        assert f"ray job stop --address {address} {job}" in first.stdout
+        for _ in range(300):  # stop it once a checkpoint past the first steps is published
+            if _pointer_step(run) >= 4 or client.get_job_status(job) in (
+                JobStatus.FAILED,
+                JobStatus.SUCCEEDED,
+            ):
+                break
+            time.sleep(0.5)
+        assert _pointer_step(run) >= 4, client.get_job_logs(job)[-3000:]
+        client.stop_job(job)
+        for _ in range(120):
+            if client.get_job_status(job) == JobStatus.STOPPED:
+                break
+            time.sleep(0.5)
+        stopped_at = _pointer_step(run)
+        assert client.get_job_status(job) == JobStatus.STOPPED and stopped_at < 40
+
+        again = subprocess.run([*submit, "--follow", "true", *train], env=env, capture_output=True, text=True,
+                               timeout=600)  # fmt: skip
+        log = again.stdout
+        assert again.returncode == 0 and "SUCCEEDED" in log, log[-3000:] + again.stderr[-2000:]
+        assert "No module named" not in log and f"resumed from {out_uri}/last at step" in log
+        resumed_at = int(log.split(f"resumed from {out_uri}/last at step ", 1)[1].split()[0])
+        assert resumed_at >= stopped_at and _pointer_step(run) == 40
+        assert (run / "best.ref.json").is_file() and (run / "metrics.jsonl").is_file()
+        assert (run / "ray" / "srec-e2e").is_dir()  # --ray.storage_path defaults to OUT/ray, a URI here
+
+        recs = tmp_path / "recs"
+        batch = subprocess.run(
+            [*submit, "--follow", "true", "--", "dist-srec", "recommend-batch", "--ckpt", f"{out_uri}/best",
+             "--users", "all", "--k", "5", "--out", str(recs), "--ray.num_workers", "1", "--ray.address", "auto",
+             "--progress", "false"],
+            env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "submitted job" in out.stdout and "ray job logs --address" in out.stdout
-        assert "ray train: finished" in out.stdout and "SUCCEEDED" in out.stdout
-        assert (out_dir / "best" / "model.safetensors").is_file() and (out_dir / "metrics.jsonl").is_file()
+        assert batch.returncode == 0, batch.stdout[-3000:] + batch.stderr[-2000:]
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(recs)
+        assert table.num_rows > 0 and set(table.column("rank").to_pylist()) == {1, 2, 3, 4, 5}
+        assert len(set(table.column("user_id").to_pylist())) == json.loads((data / "manifest.json").read_text())[
+            "counts"]["num_users"]  # fmt: skip
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
         try:
