@@ -1,0 +1,225 @@
+"""dist-srec against a reference-equivalent build of itself, interleaved in one process: train samples/s,
+catalog items/s and peak RSS side by side, with the ratio (issue #20's targets: 4x, 5x, <= 3 GB).
+
+    .venv/bin/python benchmarks/bench_vs_reference.py                       # ML-100K, SmolLM2, 5 steps
+    .venv/bin/python benchmarks/bench_vs_reference.py --llm tiny --steps 1 --encode-items 32 \\
+        --name _scratch/vs_reference_smoke                                  # a smoke run
+
+The reference-equivalent mode is built from the project's own code with the paper code's choices
+(Sein-Kim/LLM-SRec, as measured against it in benchmarks/results/NOTES.md):
+- the full causal-LM forward, vocabulary logits included, with `output_hidden_states`, reading the
+  last layer's states, and an attention mask over the padding;
+- every item prompt run: the (1 + K) candidates of each user, no deduplication;
+- each forward padded to its longest prompt: one forward per pass (user prompts, item prompts);
+- no prompt-head reuse (the constant template head is run in every prompt);
+- fp32 weights under bf16 autocast (the paper code's peft upcasts its 8-bit/bf16 load to fp32).
+The default mode is `LLMSRecConfig()` / `LLMConfig(dtype=--dtype)`: what `dist-srec train` runs.
+
+Both run the same batches, A B A B, after one warm-up each; the train step is loss + backward + Adam on
+the heads. Encoding alternates chunks of `--encode-chunk` items. Peak RSS is per mode, from a fresh
+child process that builds that mode alone and runs one step and one chunk (one process cannot tell
+two modes' peaks apart). Writes benchmarks/results/<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import machine, markdown_table, peak_rss_mb, run_child, write_results
+
+MODES = ("default", "reference")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--data", help="a prepared data dir (default: prepare --dataset under --work)")
+    p.add_argument("--teacher", help="a teacher checkpoint (default: a 1-epoch teacher under --work)")
+    p.add_argument("--work", default="runs/bench/vs_reference")
+    p.add_argument("--llm", default="smollm2")
+    p.add_argument("--dtype", default="auto", help="the default mode's LM dtype")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--encode-items", type=int, default=512, help="catalog items each mode encodes")
+    p.add_argument("--encode-chunk", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--memory-only", choices=MODES, help="(internal) one mode's peak RSS, as JSON")
+    p.add_argument("--name", default=None, help="results name (default vs_reference_<dataset>)")
+    return p.parse_args(argv)
+
+
+def reference_equivalent(model: Any, autocast: Any = "bfloat16") -> Any:
+    """Give an `LLMSRec` the paper code's execution choices (module docstring); the same math, which
+    tests/test_bench_vs_reference.py checks with `autocast=None` (no bf16 rounding)."""
+    import torch
+
+    lm, cfg = model.lm, model.cfg
+    model.prefixes = {}  # no prompt-head reuse
+    cfg.max_tokens_per_forward, cfg.bucket_max_padding = 1 << 40, 1.0  # one forward per pass
+
+    def full_lm(ids: torch.Tensor, emb: torch.Tensor, prefix: Any) -> tuple[torch.Tensor, int]:
+        with torch.autocast(
+            emb.device.type, dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None
+        ):
+            out = lm.model(
+                inputs_embeds=emb, attention_mask=(ids != lm.pad_id).long(), output_hidden_states=True
+            )
+        return out.hidden_states[-1], 0
+
+    def every_item(item_ids: torch.Tensor) -> torch.Tensor:  # no deduplication
+        return model.heads.item_head(model._out_hidden(model.prompts.item_rows(item_ids.reshape(-1).cpu())))
+
+    model._hidden, model.encode_items = full_lm, every_item
+    return model
+
+
+def build(args: argparse.Namespace, mode: str, data: Path, teacher: Path) -> tuple[Any, Any]:
+    import torch
+
+    from dist_srec.data.catalog import Catalog
+    from dist_srec.models.llmsrec import LLMSRecConfig
+    from dist_srec.models.lm_config import LLMConfig
+    from dist_srec.train.srec_build import build_model
+
+    torch.manual_seed(args.seed)
+    cat = Catalog.load(data)
+    dtype = args.dtype if mode == "default" else "float32"
+    model, _ = build_model(LLMConfig(path=args.llm, dtype=dtype), teacher, cat, LLMSRecConfig(seed=args.seed),
+                           torch.device("cpu"))  # fmt: skip
+    return (reference_equivalent(model) if mode == "reference" else model), cat
+
+
+def batches(args: argparse.Namespace, cat: Any, n: int) -> list[tuple[dict, Any]]:
+    """`n` (batch, negatives) pairs, the same for both modes."""
+    import torch
+
+    from dist_srec.config import LoaderConfig
+    from dist_srec.data.loader import ShardLoader
+    from dist_srec.train.teacher_loss import sample_train_negatives
+
+    it = iter(
+        ShardLoader(cat.root, "train", LoaderConfig(batch_size=args.batch_size, max_len=200, seed=args.seed))
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    out = []
+    for _ in range(n):
+        b = next(it)
+        seen = torch.cat([b["history"], b["target"][:, None]], 1)
+        out.append((b, sample_train_negatives(seen, (seen.shape[0], 3), cat.num_items, gen)))
+    return out
+
+
+class Runner:
+    """One mode's model, optimizer and timings."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.model = model
+        self.opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
+        self.step_s: list[float] = []
+        self.encode_s = 0.0
+        self.losses: list[float] = []
+
+    def step(self, batch: dict, neg: Any, timed: bool) -> None:
+        self.model.train()
+        t0 = time.perf_counter()
+        terms = self.model.loss(batch, neg)
+        terms["loss"].backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if timed:
+            self.step_s.append(time.perf_counter() - t0)
+        self.losses.append(float(terms["loss"].detach()))
+
+    def encode(self, lo: int, hi: int) -> None:
+        import torch
+
+        from dist_srec.eval.tables import encode_id_range
+
+        self.model.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            encode_id_range(self.model.encode_items, lo, hi, 256, lambda n: None)
+        self.encode_s += time.perf_counter() - t0
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    from benchmarks.bench_throughput import inputs
+
+    data, teacher = inputs(args)
+    model, cat = build(args, args.memory_only, data, teacher)
+    r = Runner(model)
+    ((b, neg),) = batches(args, cat, 1)
+    r.step(b, neg, timed=False)
+    r.encode(1, 1 + min(args.encode_chunk, cat.num_items))
+    print(json.dumps({"mode": args.memory_only, "peak_rss_mb": peak_rss_mb()}))
+
+
+def main() -> None:
+    args = parse()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_only:
+        memory_only(args)
+        return
+    from benchmarks.bench_throughput import inputs
+
+    data, teacher = inputs(args)
+    built = {m: build(args, m, data, teacher) for m in MODES}
+    cat = built["default"][1]
+    runners = {m: Runner(built[m][0]) for m in MODES}
+    work = batches(args, cat, 1 + args.steps)
+    for i, (b, neg) in enumerate(work):  # A B A B on the same batches; the first round is the warm-up
+        for m in MODES:
+            runners[m].step(b, neg, timed=i > 0)
+            print(f"[vs-reference] step {i} {m}: {runners[m].step_s[-1] if i else 0:.2f} s", flush=True)
+    n = min(args.encode_items, cat.num_items)
+    for lo in range(1, n + 1, args.encode_chunk):
+        for m in MODES:
+            runners[m].encode(lo, min(lo + args.encode_chunk, n + 1))
+    argv = [str(Path(__file__).resolve()), *sys.argv[1:]]
+    memory = {m: run_child([*argv, "--memory-only", m])["peak_rss_mb"] for m in MODES}
+    rows = []
+    for m in MODES:
+        r = runners[m]
+        med = statistics.median(r.step_s)
+        rows.append({"mode": m, "step_s_median": med, "step_s": r.step_s, "samples_per_s": args.batch_size / med,
+                     "items_per_s": n / r.encode_s, "peak_rss_mb": memory[m], "losses": r.losses})  # fmt: skip
+    ref, ours = rows[1], rows[0]
+    ratio = {"train_samples_per_s": ours["samples_per_s"] / ref["samples_per_s"],
+             "encode_items_per_s": ours["items_per_s"] / ref["items_per_s"],
+             "peak_rss": ours["peak_rss_mb"] / ref["peak_rss_mb"]}  # fmt: skip
+    mach = machine()
+    payload = {"benchmark": "vs_reference", "settings": vars(args), "machine": mach, "rows": rows, "ratio": ratio,
+               "targets": {"train_samples_per_s": 4.0, "encode_items_per_s": 5.0, "peak_rss_mb": 3072}}  # fmt: skip
+    md = "\n".join([
+        f"# dist-srec vs a reference-equivalent build, interleaved ({mach['date']})", "",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}; torch {mach['torch']}, "
+        f"commit {mach['git_commit']}. {args.dataset}, LM {args.llm} (default mode dtype {args.dtype}), "
+        f"{args.batch_size} users x (1 + 3) candidates, {args.steps} timed steps per mode after 1 warm-up, "
+        f"A B A B; {n} items encoded per mode in chunks of {args.encode_chunk}. The reference-equivalent mode "
+        "is described in benchmarks/bench_vs_reference.py.", "",
+        markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "items_per_s", "peak_rss_mb"]), "",
+        f"Ratios (default / reference): train {ratio['train_samples_per_s']:.2f}x (target 4x), encoding "
+        f"{ratio['encode_items_per_s']:.2f}x (target 5x); peak RSS {ours['peak_rss_mb']:,.0f} MiB "
+        f"(target <= 3,072 MiB per rank).",
+    ])  # fmt: skip
+    js, mdp = write_results(args.name or f"vs_reference_{args.dataset}", payload, md)
+    print(md)
+    print(f"wrote {js} and {mdp}")
+
+
+if __name__ == "__main__":
+    main()
