@@ -224,13 +224,14 @@ class RunDir:
     Args:
         out: the run's `--out`, a local path or a URI.
         checkpoints: the names of its checkpoint directories (published through pointers).
-        skip: top-level names never published (caches).
+        skip: top-level names neither pulled nor published: caches, and `ray/`, where Ray Train keeps
+            its own checkpoints when `--ray.storage_path` defaults to OUT/ray (Ray writes it directly).
     """
 
     STATE = ".published.json"
 
     def __init__(self, out: str | os.PathLike, checkpoints: tuple[str, ...] = ("last", "best"),
-                 skip: tuple[str, ...] = ("cache",)):  # fmt: skip
+                 skip: tuple[str, ...] = ("cache", "ray")):  # fmt: skip
         self.out = str(out)
         self.remote = self.out.rstrip("/") if is_uri(out) else None
         self.local = cache_root() / "runs" / _key(self.remote) if self.remote else Path(out)

@@ -41,9 +41,13 @@ class SRecRunConfig:
     """Everything `dist-srec train` needs; defaults are the paper's where it states them."""
 
     data: str
+    """Prepared data directory (`dist-srec prepare`): a local path or a URI (s3://, gs://, file://, ...;
+    shards stream from it, `dist_srec.storage`)."""
     teacher: str
-    """Teacher checkpoint directory (`dist-srec pretrain-teacher` OUT/best)."""
+    """Teacher checkpoint directory (`dist-srec pretrain-teacher` OUT/best): a local path or a URI."""
     out: str
+    """Run directory (OUT/last, OUT/best, metrics, run file): a local path, or a URI the run is published
+    to after every checkpoint (worked in a local mirror, `dist_srec.storage.RunDir`)."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     model: LLMSRecConfig = field(default_factory=LLMSRecConfig)
     loop: LoopConfig = field(

@@ -105,9 +105,10 @@ class TeacherRunConfig:
     out. Written resolved to OUT/config.yaml."""
 
     data: str
-    """Prepared data directory (`dist-srec prepare`)."""
+    """Prepared data directory (`dist-srec prepare`): a local path or a URI (s3://, gs://, file://, ...)."""
     out: str
-    """Run directory: OUT/best (the teacher LLM-SRec loads), OUT/last, OUT/results.json, OUT/config.yaml."""
+    """Run directory: OUT/best (the teacher LLM-SRec loads), OUT/last, OUT/results.json, OUT/config.yaml;
+    a local path, or a URI the run is published to after every checkpoint (`dist_srec.storage.RunDir`)."""
     model: SASRecConfig = field(default_factory=SASRecConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     final_eval: bool = True

@@ -211,6 +211,8 @@ def test_cluster_path_end_to_end(srec_setup, tmp_path: Path) -> None:
         assert resumed_at >= stopped_at and _pointer_step(run) == 40
         assert (run / "best.ref.json").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "ray" / "srec-e2e").is_dir()  # --ray.storage_path defaults to OUT/ray, a URI here
+        mirror = tmp_path / "node-cache" / "runs"
+        assert not any(p.name == "ray" for p in mirror.glob("*/*"))  # Ray's own storage is not mirrored
 
         recs = tmp_path / "recs"
         batch = subprocess.run(
