@@ -6,6 +6,7 @@
     lm_memory*        one rank's peak RSS and pass time by ZeRO stage and mmap threshold
     lm_levers*        speed-up of each LM lever against the default path, per shape
     quality_*         validation NDCG@10 against steps, per run (the teacher as a line)
+    fidelity_*        train loss terms step by step, dist-srec and the paper's code
 """
 
 from __future__ import annotations
@@ -129,9 +130,26 @@ def quality(doc: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def fidelity(doc: dict[str, Any], out: Path) -> Path | None:
+    curves = doc.get("curves", {})
+    if not curves:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for side, c in curves.items():
+        for ax, term in zip(axes, ("retrieval", "match")):
+            ax.plot(range(1, len(c[term]) + 1), c[term], label=side, lw=1)
+    for ax, term in zip(axes, ("retrieval CE", "MSE + uniformity")):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"train {term}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], Path | None]] = {
     "catalog": catalog, "train_step": train_step, "lm_memory": lm_memory, "lm_levers": lm_levers,
-    "quality_": quality,
+    "quality_": quality, "fidelity_": fidelity,
 }  # fmt: skip
 
 

@@ -7,9 +7,10 @@ pessimistically: a candidate whose score equals the target's counts as above it,
 
 NaN scores are treated as -inf (a NaN target ranks last). The reference implementations break ties
 the other way: pmixer/SASRec.pytorch puts the target at index 0 of the candidates and takes its position
-in an argsort, which places it before tied negatives (optimistic); LLM-SRec shuffles the candidates
-first (random). With continuous scores ties are rare and the difference is small; a model that scores
-everything equal gets rank N-1 here, never a perfect hit.
+in an argsort, which places it before tied negatives (optimistic); so does LLM-SRec's own evaluation
+(target at index 0, `argsort().argsort()`, scores in the autocast dtype, so ties are common there;
+benchmarks/reference/README.md). With continuous fp32 scores ties are rare and the difference is small;
+a model that scores everything equal gets rank N-1 here, never a perfect hit.
 
 For K in `ks` and users u with rank r_u (n users):
 
