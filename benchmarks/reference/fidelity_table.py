@@ -50,6 +50,30 @@ def srec_metrics(path: Path) -> dict[str, Any]:
     return out
 
 
+def popularity_ndcg(data: Path, seed: int = 42, negatives: int = 99) -> dict[str, float]:
+    """NDCG@10 / HR@10 of ranking by train-split popularity, on the test split's sampled candidates
+    (the very negatives `dist-srec evaluate` draws): what a model that ignores the user would score."""
+    import torch
+
+    from dist_srec.data.catalog import Catalog
+    from dist_srec.data.loader import rank_loader
+    from dist_srec.eval.metrics import finalize
+    from dist_srec.eval.protocols import EvalProtocol, evaluate_sampled
+    from dist_srec.parallel.context import TrainContext
+
+    cat = Catalog.load(data)
+    t = cat.interactions(["item_id", "split"])
+    train = [
+        i for i, sp in zip(t.column("item_id").to_pylist(), t.column("split").to_pylist()) if sp == "train"
+    ]
+    counts = torch.bincount(torch.tensor(train), minlength=cat.num_items + 1).float()
+    proto = EvalProtocol(protocol="sampled", split="test", seed=seed, num_users=0, num_negatives=negatives)
+    batches = rank_loader(cat.root, "test", 64, 1, TrainContext(), shuffle=False, remainder="pad")
+    sums = evaluate_sampled(lambda _b, cands: counts[cands], batches, user_items=cat.user_items(),
+                            num_items=cat.num_items, num_users=cat.num_users, protocol=proto)  # fmt: skip
+    return finalize(sums)
+
+
 def se(mean: float, n: int, per_user: list[float] | None = None) -> float:
     """SE of a mean over n users: from the per-user values when given, else the Bernoulli bound
     sqrt(m (1 - m) / n), which NDCG's values in [0, 1] never exceed."""
@@ -65,6 +89,7 @@ def main() -> None:
     ap.add_argument("--srec", type=Path, required=True, help="dist-srec train OUT (metrics.jsonl)")
     ap.add_argument("--srec-eval", type=Path, required=True)
     ap.add_argument("--nodistill-eval", type=Path)
+    ap.add_argument("--data", type=Path, help="the prepared data dir: adds a popularity row")
     ap.add_argument("--settings", default="")
     ap.add_argument("--name", default="fidelity_ml-100k_budget")
     a = ap.parse_args()
@@ -85,6 +110,10 @@ def main() -> None:
         nd = srec_metrics(a.nodistill_eval)["llm-srec"]
         rows.append({"run": "dist-srec no-distill", "ndcg@10": nd["ndcg@10"], "hr@10": nd["hr@10"],
                      "users": int(nd["num_users"])})  # fmt: skip
+    if a.data:
+        pop = popularity_ndcg(a.data)
+        rows.append({"run": "popularity (train counts), same candidates", "ndcg@10": pop["ndcg@10"],
+                     "hr@10": pop["hr@10"], "users": int(pop.get("count", n))})  # fmt: skip
     for r in rows:
         r["ndcg@10 SE"] = se(r["ndcg@10"], r["users"])
     ref_p, mine = rows[1], rows[2]
