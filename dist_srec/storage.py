@@ -206,6 +206,19 @@ def data_name(local: Path) -> str:
     return remote_source(local) or str(Path(local).resolve())
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a checkpoint directory was saved at: its train_state.json's global_step, else
+    the step of the validation its config.json records (a `best`); None if neither says."""
+    try:
+        if (path / "train_state.json").is_file():
+            return int(json.loads((path / "train_state.json").read_text())["train_state"]["global_step"])
+        if (path / "config.json").is_file():
+            return int(json.loads((path / "config.json").read_text())["validation"]["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
 def run_dir_of(ckpt: str | os.PathLike) -> Path:
     """The local run directory of a checkpoint (where evaluations and vector caches go beside it): its
     parent, or for a URI checkpoint the local mirror of the run it was published in."""
@@ -261,17 +274,25 @@ class RunDir:
 
     def pull(self) -> None:
         """Bring the remote run into the local mirror (its checkpoints' current versions, its files), so
-        that a run on any machine resumes where the last one published. A checkpoint already at the
-        published version here is kept (e.g. one Ray Train has just restored)."""
+        that a run on any machine resumes where the last one published. A local checkpoint is kept when
+        it is at least as far as the published one (`checkpoint_step`; e.g. one Ray Train has just
+        restored), or, where steps are unknown, when it is the very version last pulled or published."""
         if self.remote is None:
             return
         self.local.mkdir(parents=True, exist_ok=True)
         state = self._state()
         for name in self.checkpoints:
-            ref = self._pointer(name)
-            have = state.get(f"{name}/")
-            if ref is None or (have and have[1] == ref["dir"] and (self.local / name).is_dir()):
+            ref, local = self._pointer(name), self.local / name
+            if ref is None:
                 continue
+            if local.is_dir():
+                mine, theirs = checkpoint_step(local), ref.get("step")
+                have = state.get(f"{name}/")
+                if mine is not None and theirs is not None:
+                    if mine >= theirs:
+                        continue
+                elif have and have[1] == ref["dir"] and have[0] == self._stamp(local):
+                    continue
             staged = local_checkpoint(join(self.remote, name))
             with atomic_path(self.local / name) as tmp:
                 shutil.copytree(staged, tmp, ignore=shutil.ignore_patterns(STAGE_DONE))
@@ -317,9 +338,8 @@ class RunDir:
         for rel in digests:
             write_bytes(join(self.remote, version, rel), (src / rel).read_bytes())
         old = self._pointer(src.name)
-        write_bytes(
-            join(self.remote, src.name + REF_SUFFIX), json.dumps({"dir": version, "sha256": digests}).encode()
-        )
+        ref = {"dir": version, "sha256": digests, "step": checkpoint_step(src)}
+        write_bytes(join(self.remote, src.name + REF_SUFFIX), json.dumps(ref).encode())
         if old is not None and old["dir"] != version:
             fs, path = filesystem(join(self.remote, old["dir"]))
             fs.delete_dir(path)

@@ -133,3 +133,25 @@ def test_streamed_shard_is_checked_before_use(srec_setup: tuple[Path, Path], tmp
         ShardLoader.for_checks(uri, "train").verify()
     with pytest.raises(DataError, match="not a prepared data directory"):
         Catalog.load(_memory_uri())
+
+
+def _last(root: Path, step: int) -> None:
+    shutil.rmtree(root / "last", ignore_errors=True)
+    (root / "last").mkdir(parents=True)
+    (root / "last" / "train_state.json").write_text(json.dumps({"train_state": {"global_step": step}}))
+
+
+def test_pull_keeps_the_newer_checkpoint() -> None:
+    """After a restart the mirror may hold another `last` than the one published (Ray Train restores
+    its own latest checkpoint first): pull keeps whichever is further, by step."""
+    uri = _memory_uri()
+    run = RunDir(uri)
+    _last(run.local, 5)
+    run.publish()
+    assert json.loads(fsspec.filesystem("memory").cat(f"{uri}/last{REF_SUFFIX}"))["step"] == 5
+    _last(run.local, 3)  # an older checkpoint restored over the mirror
+    run.pull()
+    assert storage.checkpoint_step(run.local / "last") == 5
+    _last(run.local, 7)  # a newer one (saved, not yet published)
+    run.pull()
+    assert storage.checkpoint_step(run.local / "last") == 7
