@@ -172,6 +172,12 @@ def submit(cfg: SubmitConfig, entrypoint: Sequence[str], staging: str | Path) ->
         JobSubmissionClient,  # deferred: Ray takes seconds to import; only the Ray paths need it
     )
 
+    command = job_entrypoint(entrypoint)  # a missing command or server fails before any build
+    try:
+        client = JobSubmissionClient(cfg.job_address)
+    except ConnectionError as e:
+        raise ConfigError(f"config field 'address': cannot reach a Ray job server at {cfg.job_address} ({e}); "
+                          "start one (`ray start --head`) or pass --address http://HEAD:8265") from e  # fmt: skip
     staging = Path(staging)
     wheel = cfg.wheel
     if wheel is None:
@@ -180,9 +186,7 @@ def submit(cfg: SubmitConfig, entrypoint: Sequence[str], staging: str | Path) ->
             raise ConfigError("this dist-srec is not a source checkout: pass --wheel (a built dist-srec wheel) "
                               "or --project (a checkout)")  # fmt: skip
         wheel = str(build_wheel(project, staging / "build"))
-    command = job_entrypoint(entrypoint)
     env = runtime_env(cfg, unpack_wheel(wheel, staging / "modules"))
-    client = JobSubmissionClient(cfg.job_address)
     job_id = client.submit_job(
         entrypoint=command, runtime_env=env, submission_id=cfg.job_id,
         entrypoint_num_cpus=cfg.entrypoint_num_cpus, entrypoint_num_gpus=cfg.entrypoint_num_gpus,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dist_srec.cluster.submit import SubmitConfig, job_entrypoint, runtime_env, unpack_wheel
+from dist_srec.cluster.submit import SubmitConfig, job_entrypoint, runtime_env, submit, unpack_wheel
 from dist_srec.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +107,8 @@ def test_submit_config_validates_and_builds_runtime_env(tmp_path: Path) -> None:
         SubmitConfig(pip=str(tmp_path / "missing.txt"))
     with pytest.raises(ConfigError, match=r"not a \.whl"):
         SubmitConfig(wheel=str(req))
+    with pytest.raises(ConfigError, match="cannot reach a Ray job server"):
+        submit(SubmitConfig(address=f"http://127.0.0.1:{_free_port()}"), ["dist-srec", "--version"], tmp_path)
     bogus = tmp_path / "other-1.0-py3-none-any.whl"
     with zipfile.ZipFile(bogus, "w") as z:
         z.writestr("other/__init__.py", "")
