@@ -20,6 +20,7 @@ Every node stages and mirrors on its own disk, so multi-node runs need no shared
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -107,8 +108,9 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(tmp, path)  # a file move: a rename locally, copy + delete on an object store
 
 
-def _listing(uri: str) -> dict[str, int]:
-    """{relative path: size} of every file under the directory `uri` ({} if there is none)."""
+def _listing(uri: str, with_mtime: bool = False) -> dict[str, Any]:
+    """{relative path: size} of every file under the directory `uri` ({} if there is none); with
+    `with_mtime`, {relative path: [size, mtime ns]}."""
     import pyarrow.fs as pafs  # deferred: only URIs need it
 
     fs, path = filesystem(uri)
@@ -116,7 +118,10 @@ def _listing(uri: str) -> dict[str, int]:
         return {}
     base = path.rstrip("/") + "/"
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return {i.path[len(base) :]: i.size for i in infos if i.type == pafs.FileType.File}
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    if with_mtime:
+        return {i.path[len(base) :]: [i.size, i.mtime_ns] for i in files}
+    return {i.path[len(base) :]: i.size for i in files}
 
 
 def _download(uri: str, files: dict[str, int], dest: Path) -> None:
@@ -131,15 +136,23 @@ def _key(*parts: str) -> str:
 
 
 def _staged(kind: str, uri: str, version: str, fetch: Any) -> Path:
-    """The local copy of (uri, version), made by `fetch(tmp_dir)` unless a complete one exists."""
+    """The local copy of (uri, version), made by `fetch(tmp_dir)` unless a complete one exists. The
+    ranks of one machine stage the same URI at once: the first makes it (under a file lock), the others
+    wait and find it complete."""
     dest = cache_root() / "staged" / kind / _key(uri, version)
     done = dest / STAGE_DONE
-    if done.is_file() and json.loads(done.read_text()) == {"uri": uri, "version": version}:
+    want = {"uri": uri, "version": version}
+    if done.is_file() and json.loads(done.read_text()) == want:
         return dest
-    with atomic_path(dest) as tmp:
-        tmp.mkdir()
-        fetch(tmp)
-        (tmp / STAGE_DONE).write_text(json.dumps({"uri": uri, "version": version}))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        if done.is_file() and json.loads(done.read_text()) == want:
+            return dest
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            fetch(tmp)
+            (tmp / STAGE_DONE).write_text(json.dumps(want))
     return dest
 
 
@@ -160,9 +173,11 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
         return Path(path)
     uri = str(path)
     src, ref = _current(uri)
-    files = _listing(src)
+    files = _listing(src, with_mtime=not ref)
     if not files:
         raise CheckpointError(f"checkpoint {uri} has no files (nothing at {src})")
+    # a published version never changes; a plain directory is known by its files' sizes and mtimes,
+    # so one rewritten in place (same tensor shapes, so the same sizes) is fetched again
     version = ref.get("dir") or json.dumps(sorted(files.items()))
 
     def fetch(tmp: Path) -> None:

@@ -5,6 +5,7 @@ data, and run outputs mirrored to object storage, in-memory (`memory://`, an fss
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -155,3 +156,16 @@ def test_pull_keeps_the_newer_checkpoint() -> None:
     _last(run.local, 7)  # a newer one (saved, not yet published)
     run.pull()
     assert storage.checkpoint_step(run.local / "last") == 7
+
+
+def test_plain_checkpoint_rewritten_in_place_is_staged_again(tmp_path: Path) -> None:
+    """A checkpoint directory uploaded by hand (no pointer) and rewritten with same-size files (new
+    weights of the same shapes) must not be served from the old stage."""
+    src = tmp_path / "bucket" / "teacher"
+    src.mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(b"A" * 64)
+    uri = f"file://{src}"
+    assert (local_checkpoint(uri) / "model.safetensors").read_bytes() == b"A" * 64
+    (src / "model.safetensors").write_bytes(b"B" * 64)
+    os.utime(src / "model.safetensors", ns=(1, 2_000_000_000_000_000_000))  # a later mtime, same size
+    assert (local_checkpoint(uri) / "model.safetensors").read_bytes() == b"B" * 64
