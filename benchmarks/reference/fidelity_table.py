@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, required=True)
     ap.add_argument("--srec", type=Path, required=True, help="dist-srec train OUT (metrics.jsonl)")
     ap.add_argument("--srec-eval", type=Path, required=True)
+    ap.add_argument("--seed-evals", type=Path, nargs="*", default=[],
+                    help="evaluations of the same dist-srec run with other seeds: rows, and the spread")  # fmt: skip
     ap.add_argument("--nodistill-eval", type=Path)
     ap.add_argument("--data", type=Path, help="the prepared data dir: adds a popularity row")
     ap.add_argument("--settings", default="")
@@ -106,6 +108,12 @@ def main() -> None:
         {"run": "SASRec teacher (dist-srec eval)", "ndcg@10": ours["sasrec"]["ndcg@10"],
          "hr@10": ours["sasrec"]["hr@10"], "users": int(ours["sasrec"]["num_users"])},
     ]  # fmt: skip
+    seeds = [ours["llm-srec"]["ndcg@10"]]
+    for k, path in enumerate(a.seed_evals, start=1):
+        m = srec_metrics(path)["llm-srec"]
+        seeds.append(m["ndcg@10"])
+        rows.append({"run": f"dist-srec LLM-SRec, other seed {k}", "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"],
+                     "users": int(m["num_users"])})  # fmt: skip
     if a.nodistill_eval:
         nd = srec_metrics(a.nodistill_eval)["llm-srec"]
         rows.append({"run": "dist-srec no-distill", "ndcg@10": nd["ndcg@10"], "hr@10": nd["hr@10"],
@@ -119,12 +127,17 @@ def main() -> None:
     ref_p, mine = rows[1], rows[2]
     diff = mine["ndcg@10"] - ref_p["ndcg@10"]
     diff_se = math.hypot(ref_p["ndcg@10 SE"], mine["ndcg@10 SE"])
+    spread = None
+    if len(seeds) > 1:
+        mean = sum(seeds) / len(seeds)
+        spread = {"seeds": len(seeds), "mean": mean, "min": min(seeds), "max": max(seeds),
+                  "std": math.sqrt(sum((x - mean) ** 2 for x in seeds) / (len(seeds) - 1))}  # fmt: skip
     curves = {"reference": {"retrieval": [x[0] for x in ref["losses_retrieval_match"]],
                             "match": [x[1] for x in ref["losses_retrieval_match"]]},
               "dist-srec": per_step(a.srec)}  # fmt: skip
     step_s = {"reference": sorted(ref["step_s"])[len(ref["step_s"]) // 2]}
     payload = {"benchmark": "fidelity", "settings": a.settings, "machine": machine(), "rows": rows,
-               "ndcg@10_difference": diff, "difference_in_se": diff / diff_se, "curves": curves,
+               "ndcg@10_difference": diff, "difference_in_se": diff / diff_se, "seed_spread": spread, "curves": curves,
                "reference_step_s_median": step_s["reference"], "sources": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
     md = "\n".join([
         "# Fidelity: dist-srec against the paper's code at the same budget", "",
@@ -132,6 +145,9 @@ def main() -> None:
         markdown_table(rows, ["run", "ndcg@10", "ndcg@10 SE", "hr@10", "users"]), "",
         f"dist-srec minus reference (pessimistic ties, same candidates): {diff:+.4f} NDCG@10 = "
         f"{diff / diff_se:+.2f} SE of the difference (SE per run: the bound sqrt(m(1-m)/n)).", "",
+        *([f"dist-srec over {spread['seeds']} seeds (training seed and head init): NDCG@10 mean {spread['mean']:.3f}, "
+           f"std {spread['std']:.3f}, range {spread['min']:.3f}-{spread['max']:.3f}; the reference ran one seed.", ""]
+          if spread else []),
         "Training losses step by step: `" + a.name + ".png` and `curves` in the JSON (reference: CE and "
         "MSE + uniformity as it records them; dist-srec: the same terms, recovered from its running means).",
     ])  # fmt: skip
