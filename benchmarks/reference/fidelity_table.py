@@ -74,12 +74,9 @@ def popularity_ndcg(data: Path, seed: int = 42, negatives: int = 99) -> dict[str
     return finalize(sums)
 
 
-def se(mean: float, n: int, per_user: list[float] | None = None) -> float:
-    """SE of a mean over n users: from the per-user values when given, else the Bernoulli bound
-    sqrt(m (1 - m) / n), which NDCG's values in [0, 1] never exceed."""
-    if per_user:
-        m = sum(per_user) / len(per_user)
-        return math.sqrt(sum((x - m) ** 2 for x in per_user) / (len(per_user) - 1) / len(per_user))
+def se(mean: float, n: int) -> float:
+    """SE bound of a mean over n users of values in [0, 1] (NDCG, HR): sqrt(m (1 - m) / n); the result
+    files hold no per-user values."""
     return math.sqrt(max(mean * (1 - mean), 0.0) / n)
 
 

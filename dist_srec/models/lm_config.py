@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 
+from dist_srec import storage
 from dist_srec.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,7 @@ class LLMConfig:
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The cache directory: the argument, else `$DIST_SREC_CACHE`, else `~/.cache/dist-srec`."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("DIST_SREC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "dist-srec"
+    return Path(cache_dir) if cache_dir is not None else storage.cache_root()
 
 
 def cpu_has_native_bf16() -> bool:
