@@ -46,7 +46,10 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--loss", default="bce", choices=["bce", "sampled_softmax"], help="bce = the reference")
+    p.add_argument("--loss", default="bce", choices=["bce", "sampled_softmax", "softmax"],
+                   help="bce = the reference; softmax = the whole catalog (SASRec+)")  # fmt: skip
+    p.add_argument("--eval-protocol", default="sampled", choices=["sampled", "full"],
+                   help="validation metric that picks the best checkpoint")  # fmt: skip
     p.add_argument("--num-negatives", type=int, default=128, help="sampled_softmax: negatives per batch")
     p.add_argument("--tag", default="", help="suffix of the run dir and result files (variants side by side)")
     p.add_argument("--seed", type=int, default=42)
@@ -67,8 +70,9 @@ def run_config(args: argparse.Namespace, data: str | Path, run_dir: str | Path) 
         time_budget_s=args.budget_min * 60, progress=not args.no_progress,
     )  # fmt: skip
     train = TeacherTrainConfig(
-        loop=loop, batch_size=args.batch_size, loss=args.loss, num_negatives=args.num_negatives
-    )
+        loop=loop, batch_size=args.batch_size, loss=args.loss, num_negatives=args.num_negatives,
+        eval_protocol=args.eval_protocol,
+    )  # fmt: skip
     return TeacherRunConfig(data=str(data), out=str(run_dir), model=SASRecConfig(**model_overrides(args)), train=train,
                             final_eval=False)  # fmt: skip
 
@@ -155,17 +159,18 @@ def report(args: argparse.Namespace, state, records: list[dict], train: dict) ->
         "machine": info,
         "history": state.history,
     }
-    loss = (
-        "BCE with one negative per position (the reference)"
-        if args.loss == "bce"
-        else f"sampled softmax over {args.num_negatives} uniform negatives shared by the batch (not the reference)"
-    )
+    loss = {
+        "bce": "BCE with one negative per position (the reference)",
+        "sampled_softmax": f"sampled softmax over {args.num_negatives} uniform negatives shared by the batch "
+        "(not the reference)",
+        "softmax": "softmax over the whole catalog (SASRec+; not the reference)",
+    }[args.loss]
     md = [
         f"# SASRec teacher on {args.dataset} ({info['date']})",
         "",
         f"Budget: {args.budget_min:g} min of training on {info['cores']} CPU cores ({torch.get_num_threads()} "
         f"torch threads, machine shared with other jobs), max {args.epochs} epochs, validation every "
-        f"{args.eval_every} epochs (sampled NDCG@10, valid split), patience {args.patience}. Model: D=64, "
+        f"{args.eval_every} epochs ({args.eval_protocol} NDCG@10, valid split), patience {args.patience}. Model: D=64, "
         f"2 blocks, 1 head, dropout {args.dropout}, attention dropout {args.attn_dropout}, max_len "
         f"{args.max_len}; Adam 1e-3 (0.9, 0.98), batch {args.batch_size}; loss: {loss}.",
         "",

@@ -29,16 +29,40 @@ from dist_srec.inference.recommend import recommend
 from dist_srec.inference.run_report import report
 from dist_srec.io import read_json, write_json_atomic
 from dist_srec.train import checkpoint as ckpt_io
+from dist_srec.train.loop_types import TrainState
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
 from dist_srec.train.teacher import TeacherRunConfig, run_teacher
 
 CONFIGS = Path(__file__).parent / "configs"
+FIDELITY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fidelity_ml-100k_budget.json"
+"""The committed full-length side-by-side with the paper's code (present in a checkout, not in a wheel)."""
 """The demo's run files (`demo_teacher.yaml`, `demo_llm-srec.yaml`): the same files `--config` reads."""
 TEST_USERS = 200
 
 
 def _stage(i: int, text: str) -> None:
     print(f"\n[{i}/5] {text}", flush=True)
+
+
+def budget_note(st: TrainState, cfg: SRecRunConfig, manifest: dict) -> str:
+    """What the LLM-SRec row above trained on, and the committed full-length numbers to read it against."""
+    users = max(int(manifest["samples"]["train"]["written"]), 1)
+    layers = f"{cfg.llm.num_layers} layers" if cfg.llm.num_layers else "all layers"
+    lines = [
+        f"LLM-SRec above: {st.global_step} steps of {cfg.batch_size} users = {st.samples / users:.2f} epochs "
+        f"({st.stopped or 'done'}), {cfg.llm.path} read at {layers}, lr {cfg.loop.lr:g}, "
+        f"warm-up {cfg.loop.warmup_steps} steps."
+    ]
+    sides = read_json(FIDELITY).get("seed_spread") if FIDELITY.is_file() else None
+    if isinstance(sides, dict) and all(isinstance(v, dict) and "mean" in v for v in sides.values()):
+        lines.append(f"Committed full-length results ({FIDELITY.relative_to(FIDELITY.parents[2])}, all test users): "
+                     + "; ".join(f"{k} {v['mean']:.3f} +- {v['std']:.3f} over {v['seeds']} seeds" for k, v in sides.items())
+                     + " sampled NDCG@10.")  # fmt: skip
+    else:
+        lines.append(
+            "Committed full-length results: benchmarks/results/fidelity_ml-100k_budget.md in the repository."
+        )
+    return "\n".join(lines)
 
 
 def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
@@ -83,6 +107,7 @@ def run_demo(out: str, llm: str = "smollm2", fast: bool = False) -> int:
     _stage(5, "results")
     print(format_report(doc["report"]))
     print("(sampled: target + 99 unseen items; full: all items; ties count against the target)")
+    print(budget_note(st, cfg, manifest))
 
     loaded = load_srec(ckpt)
     for user in loaded[2].user_keys[1:3]:

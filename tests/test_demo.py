@@ -16,6 +16,8 @@ def test_demo_smoke_run_and_stage_reuse(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["demo", "--out", str(out), "--llm", "tiny", "--fast", "true"]) == 0
     text = capsys.readouterr().out
     assert "| llm-srec |" in text and "| sasrec, shuffled history |" in text and "top 5 for user" in text
+    assert "LLM-SRec above: 4 steps of 20 users = 0.08 epochs (max_steps)" in text  # what the row trained
+    assert "Committed full-length results" in text
     doc = json.loads((out / "eval-test.json").read_text())
     assert doc["report"]["llm-srec"]["sampled"]["count"] == 100
     assert (out / "teacher" / "best" / "model.safetensors").is_file()

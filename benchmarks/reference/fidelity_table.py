@@ -1,14 +1,18 @@
-"""The fidelity table: the paper's code (a `run_reference_budget.py` JSON) against dist-srec (a train
-run's metrics.jsonl and its `dist-srec evaluate` JSON) at the same budget, from their result files.
+"""The fidelity table: the paper's code (`run_reference_budget.py` JSONs, one per seed) against dist-srec
+(train runs' metrics.jsonl and their `dist-srec evaluate` JSONs, one per seed) at the same budget, plus the
+lockstep check (`step_parity.py`) and, optionally, a recipe of our own at the same budget.
 
-    .venv/bin/python benchmarks/reference/fidelity_table.py --reference REF.json --srec RUN \\
-        --srec-eval RUN_EVAL.json [--nodistill-eval ND_EVAL.json] --settings "..." --name fidelity_ml-100k_budget
+    .venv/bin/python benchmarks/reference/fidelity_table.py --reference REF_S0.json REF_S1.json ... \\
+        --srec RUN_S0 RUN_S1 ... --srec-evals EVAL_S0.json EVAL_S1.json ... [--nodistill-eval ND.json] \\
+        [--lockstep LOCK.json] [--recipe-evals R0.json ...] --data DATA --settings "..." --name NAME
 
 Per-step training losses: the reference records (CE, MSE + both uniformity terms) for every step;
 dist-srec's metrics.jsonl holds each term's running mean over the epoch, from which each step's value
 is recovered (n * mean_n - (n - 1) * mean_{n-1}). Test metrics: sampled NDCG@10 / HR@10 over all test
 users on the same candidates (dist-srec's seeded 99 negatives; the reference's vectors re-scored on
-them), with the standard error of the mean over users (SE = std / sqrt(n)), and the difference in SEs.
+them). Two standard errors: over users within one run (the bound sqrt(m(1-m)/n)), and over training
+seeds (std / sqrt(k)), which dominates at this budget; the difference of the two sides' seed means is
+judged by the latter.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.harness import machine, markdown_table, write_results
+from benchmarks.harness import RESULTS, machine, markdown_table, write_results
 
 
 def per_step(run: Path) -> dict[str, list[float]]:
@@ -80,76 +84,177 @@ def se(mean: float, n: int) -> float:
     return math.sqrt(max(mean * (1 - mean), 0.0) / n)
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample std, SE of the mean (std / sqrt(k)) and range over k seeds."""
+    k = len(values)
+    mean = sum(values) / k
+    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (k - 1)) if k > 1 else float("nan")
+    return {
+        "seeds": k,
+        "mean": mean,
+        "std": std,
+        "se": std / math.sqrt(k),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def lockstep_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    steps = doc["steps"]
+    d_ret = [abs(s["reference"]["retrieval"] - s["dist_srec"]["retrieval"]) for s in steps]
+    d_match = [abs(s["reference"]["match"] - s["dist_srec"]["match"]) for s in steps]
+    first_off = next((s["step"] for s, d in zip(steps, d_ret) if d > 1e-3 * max(1.0, s["reference"]["retrieval"])),
+                     None)  # fmt: skip
+    return {
+        "steps": len(steps), "teacher_mode": doc["teacher_mode"], "dtype": doc["dtype"],
+        "step0": {"retrieval_abs_diff": d_ret[0], "match_abs_diff": d_match[0],
+                  "user_vectors_rel_diff": steps[0]["user_vectors_rel_diff"],
+                  "grad_rel_diff_max": steps[0]["grad_rel_diff_max"]},
+        "prompts_identical_every_step": all(s["user_prompts_identical"] and s["item_prompts_identical"] for s in steps),
+        "first_step_retrieval_differs_by_1e-3_rel": first_off,
+        "retrieval_abs_diff_max": max(d_ret), "match_abs_diff_max": max(d_match),
+        "curves": {"reference": [s["reference"]["retrieval"] for s in steps],
+                   "dist-srec": [s["dist_srec"]["retrieval"] for s in steps]},
+        "test": doc.get("test"),
+    }  # fmt: skip
+
+
+def plot(path: Path, ref_curves: list[list[float]], our_curves: list[list[float]], lock: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if lock else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0][0]
+    for k, c in enumerate(ref_curves):
+        ax.plot(range(len(c)), c, color="tab:blue", alpha=0.7, label="reference" if k == 0 else None)
+    for k, c in enumerate(our_curves):
+        ax.plot(
+            range(len(c)), c, color="tab:orange", alpha=0.7, ls="--", label="dist-srec" if k == 0 else None
+        )
+    ax.set(yscale="log", xlabel="step", ylabel="retrieval CE", title="independent runs, one line per seed")
+    ax.legend()
+    if lock:
+        ax = axes[0][1]
+        ax.plot(lock["curves"]["reference"], color="tab:blue", label="reference")
+        ax.plot(lock["curves"]["dist-srec"], color="tab:orange", ls="--", label="dist-srec")
+        ax.set(
+            yscale="log",
+            xlabel="step",
+            ylabel="retrieval CE",
+            title="lockstep: same heads, batches, negatives",
+        )
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reference", type=Path, required=True)
-    ap.add_argument("--srec", type=Path, required=True, help="dist-srec train OUT (metrics.jsonl)")
-    ap.add_argument("--srec-eval", type=Path, required=True)
-    ap.add_argument("--seed-evals", type=Path, nargs="*", default=[],
-                    help="evaluations of the same dist-srec run with other seeds: rows, and the spread")  # fmt: skip
+    ap.add_argument("--reference", type=Path, nargs="+", required=True, help="one JSON per reference seed")
+    ap.add_argument(
+        "--srec", type=Path, nargs="+", required=True, help="dist-srec train OUTs (metrics.jsonl)"
+    )
+    ap.add_argument("--srec-evals", type=Path, nargs="+", required=True, help="their evaluations, same order")
     ap.add_argument("--nodistill-eval", type=Path)
+    ap.add_argument("--lockstep", type=Path, help="a step_parity.py JSON")
+    ap.add_argument("--recipe-evals", type=Path, nargs="*", default=[], help="a recipe of ours, one per seed")
+    ap.add_argument("--recipe", default="", help="what the recipe changes")
     ap.add_argument("--data", type=Path, help="the prepared data dir: adds a popularity row")
     ap.add_argument("--settings", default="")
     ap.add_argument("--name", default="fidelity_ml-100k_budget")
     a = ap.parse_args()
-    ref = json.loads(a.reference.read_text())
-    ours = srec_metrics(a.srec_eval)
-    n = int(ref["eval"]["test_users"])
-    rows = [
-        {"run": "reference LLM-SRec (its tie rule)", "ndcg@10": ref["eval"]["reference_ndcg@10"],
-         "hr@10": ref["eval"]["reference_hr@10"], "users": n},
-        {"run": "reference LLM-SRec (pessimistic ties)", "ndcg@10": ref["eval"]["recomputed_ndcg@10_pessimistic"],
-         "users": n},
-        {"run": "dist-srec LLM-SRec", "ndcg@10": ours["llm-srec"]["ndcg@10"], "hr@10": ours["llm-srec"]["hr@10"],
-         "users": int(ours["llm-srec"]["num_users"])},
-        {"run": "SASRec teacher (dist-srec eval)", "ndcg@10": ours["sasrec"]["ndcg@10"],
-         "hr@10": ours["sasrec"]["hr@10"], "users": int(ours["sasrec"]["num_users"])},
-    ]  # fmt: skip
-    seeds = [ours["llm-srec"]["ndcg@10"]]
-    for k, path in enumerate(a.seed_evals, start=1):
-        m = srec_metrics(path)["llm-srec"]
-        seeds.append(m["ndcg@10"])
-        rows.append({"run": f"dist-srec LLM-SRec, other seed {k}", "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"],
+    if len(a.srec) != len(a.srec_evals):
+        ap.error("give one --srec-evals file per --srec run")
+    refs = [json.loads(p.read_text()) for p in a.reference]
+    ours = [srec_metrics(p) for p in a.srec_evals]
+    rows: list[dict[str, Any]] = []
+    for r in refs:
+        e = r["eval"]
+        rows.append({"run": f"reference LLM-SRec, seed {r['seed']}", "ndcg@10": e["recomputed_ndcg@10_pessimistic"],
+                     "ndcg@10 (its tie rule)": e["reference_ndcg@10"], "hr@10 (its tie rule)": e["reference_hr@10"],
+                     "users": int(e["test_users"])})  # fmt: skip
+    for path, m in zip(a.srec, ours):
+        cfg = (
+            json.loads((path / "best" / "config.json").read_text())
+            if (path / "best" / "config.json").is_file()
+            else {}
+        )
+        seed = cfg.get("train", {}).get("loop", {}).get("seed", "?")
+        rows.append({"run": f"dist-srec LLM-SRec, loop seed {seed}", "ndcg@10": m["llm-srec"]["ndcg@10"],
+                     "hr@10": m["llm-srec"]["hr@10"], "users": int(m["llm-srec"]["num_users"])})  # fmt: skip
+    recipe = [srec_metrics(p)["llm-srec"] for p in a.recipe_evals]
+    for k, m in enumerate(recipe):
+        rows.append({"run": f"dist-srec recipe ({a.recipe}), seed {k}", "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"],
                      "users": int(m["num_users"])})  # fmt: skip
+    teacher = ours[0]["sasrec"]
+    rows.append({"run": "SASRec teacher (dist-srec eval)", "ndcg@10": teacher["ndcg@10"], "hr@10": teacher["hr@10"],
+                 "users": int(teacher["num_users"])})  # fmt: skip
     if a.nodistill_eval:
         nd = srec_metrics(a.nodistill_eval)["llm-srec"]
-        rows.append({"run": "dist-srec no-distill", "ndcg@10": nd["ndcg@10"], "hr@10": nd["hr@10"],
+        rows.append({"run": "dist-srec no-distill (one seed)", "ndcg@10": nd["ndcg@10"], "hr@10": nd["hr@10"],
                      "users": int(nd["num_users"])})  # fmt: skip
     if a.data:
         pop = popularity_ndcg(a.data)
         rows.append({"run": "popularity (train counts), same candidates", "ndcg@10": pop["ndcg@10"],
-                     "hr@10": pop["hr@10"], "users": int(pop.get("count", n))})  # fmt: skip
+                     "hr@10": pop["hr@10"], "users": int(pop["count"])})  # fmt: skip
     for r in rows:
-        r["ndcg@10 SE"] = se(r["ndcg@10"], r["users"])
-    ref_p, mine = rows[1], rows[2]
-    diff = mine["ndcg@10"] - ref_p["ndcg@10"]
-    diff_se = math.hypot(ref_p["ndcg@10 SE"], mine["ndcg@10 SE"])
-    spread = None
-    if len(seeds) > 1:
-        mean = sum(seeds) / len(seeds)
-        spread = {"seeds": len(seeds), "mean": mean, "min": min(seeds), "max": max(seeds),
-                  "std": math.sqrt(sum((x - mean) ** 2 for x in seeds) / (len(seeds) - 1))}  # fmt: skip
-    curves = {"reference": {"retrieval": [x[0] for x in ref["losses_retrieval_match"]],
-                            "match": [x[1] for x in ref["losses_retrieval_match"]]},
-              "dist-srec": per_step(a.srec)}  # fmt: skip
-    step_s = {"reference": sorted(ref["step_s"])[len(ref["step_s"]) // 2]}
+        r["ndcg@10 SE (users)"] = se(r["ndcg@10"], r["users"])
+
+    sides = {"reference": spread([r["eval"]["recomputed_ndcg@10_pessimistic"] for r in refs]),
+             "dist-srec": spread([m["llm-srec"]["ndcg@10"] for m in ours])}  # fmt: skip
+    if recipe:
+        sides["recipe"] = spread([m["ndcg@10"] for m in recipe])
+    diff = sides["dist-srec"]["mean"] - sides["reference"]["mean"]
+    diff_se = math.hypot(sides["reference"]["se"], sides["dist-srec"]["se"])
+    lock = lockstep_summary(json.loads(a.lockstep.read_text())) if a.lockstep else None
+    ref_curves = [[x[0] for x in r["losses_retrieval_match"]] for r in refs]
+    our_curves = [per_step(p)["retrieval"] for p in a.srec]
     payload = {"benchmark": "fidelity", "settings": a.settings, "machine": machine(), "rows": rows,
-               "ndcg@10_difference": diff, "difference_in_se": diff / diff_se, "seed_spread": spread, "curves": curves,
-               "reference_step_s_median": step_s["reference"], "sources": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
-    md = "\n".join([
-        "# Fidelity: dist-srec against the paper's code at the same budget", "",
-        a.settings, "",
-        markdown_table(rows, ["run", "ndcg@10", "ndcg@10 SE", "hr@10", "users"]), "",
-        f"dist-srec minus reference (pessimistic ties, same candidates): {diff:+.4f} NDCG@10 = "
-        f"{diff / diff_se:+.2f} SE of the difference (SE per run: the bound sqrt(m(1-m)/n)).", "",
-        *([f"dist-srec over {spread['seeds']} seeds (training seed and head init): NDCG@10 mean {spread['mean']:.3f}, "
-           f"std {spread['std']:.3f}, range {spread['min']:.3f}-{spread['max']:.3f}; the reference ran one seed.", ""]
-          if spread else []),
-        "Training losses step by step: `" + a.name + ".png` and `curves` in the JSON (reference: CE and "
-        "MSE + uniformity as it records them; dist-srec: the same terms, recovered from its running means).",
-    ])  # fmt: skip
-    js, mdp = write_results(a.name, payload, md)
-    print(md)
+               "seed_spread": sides, "ndcg@10_difference_of_seed_means": diff, "difference_in_seed_se": diff / diff_se,
+               "lockstep": lock, "recipe": a.recipe or None,
+               "curves": {"reference": ref_curves, "dist-srec": our_curves},
+               "sources": {k: (list(map(str, v)) if isinstance(v, list) else str(v)) for k, v in vars(a).items()}}  # fmt: skip
+    spread_rows = [
+        {"side": k, **{m: v[m] for m in ("seeds", "mean", "std", "se", "min", "max")}}
+        for k, v in sides.items()
+    ]
+    md = [
+        "# Fidelity: dist-srec against the paper's code at the same budget", "", a.settings, "",
+        markdown_table(rows, ["run", "ndcg@10", "ndcg@10 SE (users)", "hr@10", "ndcg@10 (its tie rule)", "users"]), "",
+        "Sampled NDCG@10 (pessimistic ties, same candidates) over training seeds:", "",
+        markdown_table(spread_rows, ["side", "seeds", "mean", "std", "se", "min", "max"]), "",
+        f"dist-srec minus reference, seed means: {diff:+.4f} NDCG@10 = {diff / diff_se:+.2f} SE of the difference "
+        "(SE over seeds; the SE over users is smaller).",
+    ]  # fmt: skip
+    if recipe:
+        gain = sides["recipe"]["mean"] / sides["reference"]["mean"] - 1
+        payload["recipe_relative_gain_over_reference"] = gain
+        md += ["", f"Recipe ({a.recipe}) over the reference's seed mean: {gain:+.1%} relative NDCG@10."]
+    if lock:
+        s0 = lock["step0"]
+        md += ["", f"## Lockstep ({lock['steps']} steps, {lock['dtype']}, reference teacher in {lock['teacher_mode']} mode)", "",
+               "The same initial heads (dist-srec's, copied into the reference), the same batches and the reference's own "
+               "negatives on both sides; each side takes its own Adam step (`step_parity.py`).", "",
+               f"- step 0: retrieval CE differs by {s0['retrieval_abs_diff']:.1e}, MSE + uniformity by "
+               f"{s0['match_abs_diff']:.1e}; user vectors by {s0['user_vectors_rel_diff']:.1e} (relative); head gradients "
+               f"by at most {s0['grad_rel_diff_max']:.1e} (relative to each head's gradient norm).",
+               f"- prompt strings identical at every step: {lock['prompts_identical_every_step']}.",
+               f"- first step whose retrieval CE differs by more than 1e-3 relative: "
+               f"{lock['first_step_retrieval_differs_by_1e-3_rel']}; largest difference over the run: "
+               f"{lock['retrieval_abs_diff_max']:.3g} (CE), {lock['match_abs_diff_max']:.3g} (MSE + uniformity)."]  # fmt: skip
+        if lock["test"]:
+            t = lock["test"]
+            md.append(f"- test sampled NDCG@10 after the run: dist-srec heads {t['dist-srec heads']['ndcg@10']:.4f}, "
+                      f"reference heads {t['reference heads']['ndcg@10']:.4f} ({int(t['reference heads']['count'])} users, "
+                      "scored by dist-srec's evaluator).")  # fmt: skip
+    md += ["", f"Training losses step by step: `{a.name}.png` and `curves` in the JSON."]
+    plot(RESULTS / f"{a.name}.png", ref_curves, our_curves, lock)
+    js, mdp = write_results(a.name, payload, "\n".join(md))
+    print("\n".join(md))
     print(f"wrote {js} and {mdp}")
 
 

@@ -60,10 +60,12 @@ class EvalProtocol:
     ks: tuple[int, ...] = DEFAULT_KS
 
     @classmethod
-    def validation(cls, seed: int, num_users: int, num_negatives: int) -> EvalProtocol:
-        """The protocol of training's validation rounds: sampled, on the valid split."""
+    def validation(
+        cls, seed: int, num_users: int, num_negatives: int, protocol: Literal["sampled", "full"] = "sampled"
+    ) -> EvalProtocol:
+        """The protocol of training's validation rounds, on the valid split (sampled unless told)."""
         return cls(
-            protocol="sampled", split="valid", seed=seed, num_users=num_users, num_negatives=num_negatives
+            protocol=protocol, split="valid", seed=seed, num_users=num_users, num_negatives=num_negatives
         )
 
     def __post_init__(self) -> None:

@@ -228,6 +228,9 @@ class Trainer:
         grads = [p.grad for p in self.task.trainable() if p.grad is not None]
         self._require_finite("gradient", torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
                              if grads else torch.zeros(()), logs)  # fmt: skip
+        if self.state.global_step < self.cfg.warmup_steps:  # the ramp's last step restores the full lr
+            for g in self.opt.param_groups:
+                g["lr"] = self.state.lr * (self.state.global_step + 1) / self.cfg.warmup_steps
         self.opt.step()
         self.state.global_step += 1
         self.state.samples += int(batch["mask"].sum()) * self.ctx.world_size

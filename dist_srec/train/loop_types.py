@@ -30,6 +30,8 @@ class LoopConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     lr_decay: float = 1.0
     """lr is multiplied by this after every validation round (LLM-SRec: 0.95)."""
+    warmup_steps: int = 0
+    """Step k < warmup_steps uses lr x (k + 1) / warmup_steps (linear warm-up; 0 = none, the reference)."""
     eval_every_steps: int = 0
     """Validate every this many steps (0 = at the end of every `eval_every_epochs` epochs)."""
     eval_every_epochs: int = 1
@@ -56,7 +58,7 @@ class LoopConfig:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.eval_every_epochs >= 1, "eval_every_epochs", f"must be >= 1, got {self.eval_every_epochs}")
         check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
-        for name in ("eval_every_steps", "patience", "max_steps", "save_every_steps"):
+        for name in ("eval_every_steps", "patience", "max_steps", "save_every_steps", "warmup_steps"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
         check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")

@@ -21,7 +21,7 @@ def check_run_inputs(
     ctx: TrainContext,
     *,
     splits: tuple[str, ...],
-    eval_negatives: int,
+    eval_negatives: int | None,
     train_negatives: int | None = None,
     train_field: str = "num_negatives",
 ) -> None:
@@ -34,7 +34,8 @@ def check_run_inputs(
                     f"config field '{train_field}': {train_negatives} training negatives per sample, but the "
                     f"catalog has only {cat.num_items} items ({cat.root})"
                 )
-            check_negatives(user_items, cat.num_items, eval_negatives)
+            if eval_negatives is not None:  # None: validation ranks the full catalog
+                check_negatives(user_items, cat.num_items, eval_negatives)
             for split in splits:
                 ShardLoader.for_checks(cat.root, split).verify()
         except DistSrecError as e:

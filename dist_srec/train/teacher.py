@@ -18,7 +18,11 @@ data cursor of every rank); a run restarted with the same `out` resumes from `ou
 `loss="sampled_softmax"` (not the reference; an option for full-catalog ranking quality, as the
 HSTU repo trains its SASRec) instead draws K items m_1..m_K uniformly once per batch and minimises
     mean_l -log softmax([<h_l, E[p_l]>, <h_l, E[m_1]>, ..., <h_l, E[m_K]>])_0
-with negatives equal to p_l masked out.
+with negatives equal to p_l masked out. `loss="softmax"` takes every item as a negative:
+    mean_l -log softmax(E[1:] h_l)[p_l]
+(the "SASRec+" objective of Klenitskiy & Vasilev, RecSys 2023; it also pushes down the user's own history,
+which matters for full-catalog ranking). `eval_protocol="full"` selects the best checkpoint on
+full-catalog NDCG@10 of the valid split instead of the sampled protocol's.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.loop import Trainer
 from dist_srec.train.loop_types import BatchLoader, LoopConfig, Reporter, TrainState
 from dist_srec.train.preflight import check_run_inputs
-from dist_srec.train.teacher_loss import sampled_softmax_loss, teacher_loss
+from dist_srec.train.teacher_loss import sampled_softmax_loss, softmax_loss, teacher_loss
 
 __all__ = ["TeacherTask", "TeacherTrainConfig", "TrainState", "load_teacher", "train_teacher"]
 
@@ -64,6 +68,9 @@ def teacher_loop(**overrides: Any) -> LoopConfig:
     return LoopConfig(**{**TEACHER_LOOP_DEFAULTS, **overrides})
 
 
+LOSSES = ("bce", "sampled_softmax", "softmax")
+
+
 @dataclass(kw_only=True)
 class TeacherTrainConfig:
     """`dist-srec pretrain-teacher`: the loop (optimisation, validation cadence, checkpoints) plus what
@@ -73,7 +80,8 @@ class TeacherTrainConfig:
     loop: LoopConfig = field(default_factory=teacher_loop)
     batch_size: int = 128
     loss: str = "bce"
-    """"bce" (the reference: one negative per position) or "sampled_softmax" (K shared negatives)."""
+    """"bce" (the reference: one negative per position), "sampled_softmax" (K shared negatives) or
+    "softmax" (the whole catalog)."""
     num_negatives: int = 128
     """K for `loss="sampled_softmax"` (ignored by "bce")."""
     l2_emb: float = 0.0
@@ -82,6 +90,9 @@ class TeacherTrainConfig:
     """Validation users (seeded subset; 0 = all), as the papers' 10,000."""
     eval_negatives: int = 99
     """Sampled negatives per validation user (the papers: 99)."""
+    eval_protocol: str = "sampled"
+    """Validation (and so the best checkpoint) by "sampled" (1 + `eval_negatives`) or "full"-catalog
+    NDCG@10."""
     eval_batch_size: int = 256
     num_workers: int = 0
 
@@ -92,9 +103,12 @@ class TeacherTrainConfig:
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(self.l2_emb >= 0, "l2_emb", f"must be >= 0, got {self.l2_emb}")
         check(
-            self.loss in ("bce", "sampled_softmax"),
-            "loss",
-            f"must be 'bce' or 'sampled_softmax', got {self.loss!r}",
+            self.loss in LOSSES, "loss", f"must be one of {', '.join(map(repr, LOSSES))}, got {self.loss!r}"
+        )
+        check(
+            self.eval_protocol in ("sampled", "full"),
+            "eval_protocol",
+            f"must be 'sampled' or 'full', got {self.eval_protocol!r}",
         )
         check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
 
@@ -215,6 +229,8 @@ class TeacherTask:
         cfg, n_items, max_len = self.cfg, self.model.cfg.num_items, self.model.cfg.max_len
         if cfg.loss == "bce":
             loss, n = teacher_loss(self.ddp, batch, n_items, gen, max_len)
+        elif cfg.loss == "softmax":
+            loss, n = softmax_loss(self.ddp, batch, max_len)
         else:
             loss, n = sampled_softmax_loss(self.ddp, batch, n_items, gen, max_len, cfg.num_negatives)
         if cfg.l2_emb > 0:
@@ -283,7 +299,7 @@ def pretrain_teacher(
     cat = Catalog.load(data_dir)
     user_items = cat.user_items()
     sampled = cfg.num_negatives if cfg.loss == "sampled_softmax" else None
-    check_run_inputs(cat, user_items, ctx, splits=("train", "valid"), eval_negatives=cfg.eval_negatives,
+    check_run_inputs(cat, user_items, ctx, splits=("train", "valid"), eval_negatives=cfg.eval_negatives if cfg.eval_protocol == "sampled" else None,
                      train_negatives=sampled)  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank and every run
@@ -292,7 +308,7 @@ def pretrain_teacher(
         data_dir, "train", cfg.batch_size, teacher.cfg.max_len, ctx, shuffle=True, seed=cfg.loop.seed,
         num_workers=cfg.num_workers, remainder="drop",
     )  # fmt: skip
-    valid = EvalProtocol.validation(cfg.loop.seed, cfg.eval_users, cfg.eval_negatives)
+    valid = EvalProtocol.validation(cfg.loop.seed, cfg.eval_users, cfg.eval_negatives, cfg.eval_protocol)
 
     def validate(m: SASRec) -> dict[str, float]:
         kw = {

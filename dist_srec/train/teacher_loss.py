@@ -1,5 +1,6 @@
 """Teacher objectives (see `dist_srec.train.teacher` for the math): the reference BCE with one
-negative per position, and an optional sampled softmax over K negatives shared by the batch.
+negative per position, an optional sampled softmax over K negatives shared by the batch, and an optional
+softmax over the whole catalog.
 
 Both take the (possibly DDP-wrapped) model and read logits through its forward, so DDP all-reduces.
 """
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 
@@ -82,3 +84,33 @@ def sampled_softmax_loss(
         return h.sum() * 0.0, 0
     logits = torch.cat([pos_logit, neg_logit], 1)
     return F.cross_entropy(logits, torch.zeros(n, dtype=torch.int64, device=logits.device)), n
+
+
+def softmax_loss(
+    model: torch.nn.Module, batch: Mapping[str, Tensor], max_len: int, chunk: int = 4096
+) -> tuple[Tensor, int]:
+    """Cross-entropy of the next item p_l against every item of the catalog, mean over the P valid
+    positions: mean_l -log softmax(E[1:] h_l)[p_l - 1], E[1:] the N real items (padding row excluded).
+
+    Logits [P, N] are formed `chunk` positions at a time under activation checkpointing, so the peak is
+    chunk x N floats however long the batch; the gradient is exact. The features come from `model`'s
+    forward (DDP-safe); the table is read from the unwrapped module (see `sampled_softmax_loss`).
+    """
+    hist = batch["history"][:, -max_len:]
+    valid = (hist != 0) & batch["mask"].bool()[:, None]
+    pos = torch.cat([hist[:, 1:], batch["target"][:, None]], 1)
+    table = getattr(model, "module", model).item_emb.weight  # [N+1, D]
+    h = model(hist)[valid]  # [P, D]
+    p = pos[valid] - 1  # class index among items 1..N
+    n = int(valid.sum())
+    if n == 0:
+        return h.sum() * 0.0, 0
+
+    def part(h_: Tensor, p_: Tensor, items: Tensor) -> Tensor:
+        return F.cross_entropy(h_ @ items.T, p_, reduction="sum")
+
+    total = h.new_zeros(())
+    for i in range(0, n, chunk):
+        hi, pi = h[i : i + chunk], p[i : i + chunk]
+        total = total + torch.utils.checkpoint.checkpoint(part, hi, pi, table[1:], use_reentrant=False)
+    return total / n, n

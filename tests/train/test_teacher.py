@@ -15,7 +15,12 @@ from dist_srec.models.sasrec import SASRec, SASRecConfig
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.loop_types import LoopConfig
 from dist_srec.train.teacher import TeacherTrainConfig, load_teacher, teacher_loop, train_teacher
-from dist_srec.train.teacher_loss import sample_train_negatives, sampled_softmax_loss, teacher_loss
+from dist_srec.train.teacher_loss import (
+    sample_train_negatives,
+    sampled_softmax_loss,
+    softmax_loss,
+    teacher_loss,
+)
 
 N_ITEMS, N_USERS, L = 40, 48, 10
 
@@ -163,6 +168,30 @@ def test_sampled_softmax_matches_hand_computation_and_learns(tmp_path) -> None:
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] and state.best_metric > 0.7
 
 
+def test_full_softmax_matches_hand_computation_in_chunks_and_learns(tmp_path) -> None:
+    m = _model(dropout=0.0).eval()
+    batch = collate(cyclic_samples()[:4], L)
+    hist = batch["history"]
+    valid = hist != 0
+    pos = torch.cat([hist[:, 1:], batch["target"][:, None]], 1)[valid]
+    logits = m(hist)[valid] @ m.item_emb.weight[1:].T  # every real item is a class
+    want = torch.nn.functional.cross_entropy(logits, pos - 1)
+    want.backward()
+    want_grad = m.item_emb.weight.grad.clone()
+    m.zero_grad()
+    loss, n = softmax_loss(m, batch, L, chunk=3)  # several checkpointed chunks, one short
+    assert n == int(valid.sum()) and n % 3 != 0
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    torch.testing.assert_close(m.item_emb.weight.grad, want_grad)
+    assert float(want_grad[0].abs().sum()) == 0.0  # the padding row is never a class
+    state = train_teacher(
+        _model(), ListLoader(cyclic_samples()), _next_item_accuracy,
+        cfg=_cfg(epochs=20, eval_every_epochs=10, lr=5e-3, loss="softmax"), out_dir=tmp_path,
+    )  # fmt: skip
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] and state.best_metric > 0.7
+
+
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path) -> None:
     m = _model()
     train_teacher(m, ListLoader(cyclic_samples()), _next_item_accuracy, cfg=_cfg(), out_dir=tmp_path)
@@ -266,3 +295,23 @@ def test_train_config_validation() -> None:
         teacher_loop(betas=(0.9, 1.5))
     with pytest.raises(ConfigError, match="'loss'"):
         TeacherTrainConfig(loss="bpr")
+    with pytest.raises(ConfigError, match="'eval_protocol'"):
+        TeacherTrainConfig(eval_protocol="auc")
+    with pytest.raises(ConfigError, match="'warmup_steps'"):
+        teacher_loop(warmup_steps=-1)
+
+
+def test_warmup_ramps_the_lr_linearly_then_holds_it(tmp_path, monkeypatch) -> None:
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    train_teacher(_model(), ListLoader(cyclic_samples()), _next_item_accuracy,
+                  cfg=_cfg(epochs=2, lr=1e-2, warmup_steps=4, eval_every_epochs=1), out_dir=tmp_path)  # fmt: skip
+    assert len(seen) > 6
+    torch.testing.assert_close(seen[:6], [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+    assert all(x == 1e-2 for x in seen[4:])

@@ -60,3 +60,20 @@ def test_checkpoint_from_another_catalog_is_refused(tmp_path: Path) -> None:
     assert _cli(argv) == 0
     with pytest.raises(CheckpointError, match=r"catalog of \d+ items, but this catalog has"):
         evaluate_teacher(run / "best", other, num_negatives=10, progress=False)
+
+
+def test_full_softmax_teacher_selects_on_full_ranking_from_the_cli(tmp_path: Path) -> None:
+    data = prepared_catalog(tmp_path, **SIZE)
+    run = tmp_path / "run"
+    argv = ["pretrain-teacher", "--data", str(data), "--out", str(run), "--train.loop.epochs", "2",
+            "--train.loop.eval_every_epochs", "1", "--model.hidden", "16", "--model.max_len", "20",
+            "--train.batch_size", "16", "--train.loss", "softmax", "--train.eval_protocol", "full",
+            "--train.loop.progress", "false", "--final_eval", "false"]  # fmt: skip
+    assert _cli(argv) == 0
+    state = json.loads((run / "last" / "train_state.json").read_text())["train_state"]
+    out = tmp_path / "eval.json"
+    ev = ["evaluate-teacher", "--ckpt", str(run / "best"), "--data", str(data), "--protocol", "full",
+          "--split", "valid", "--results", str(out)]  # fmt: skip
+    assert _cli(ev) == 0
+    full_valid = json.loads(out.read_text())[0]["metrics"]["ndcg@10"]
+    assert state["best_metric"] == pytest.approx(full_valid, abs=1e-6)  # selection was on the full protocol
