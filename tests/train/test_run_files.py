@@ -76,6 +76,15 @@ def test_the_demo_runs_from_its_committed_run_files() -> None:
     )
 
 
+def test_the_papers_settings_load_as_a_named_run_file() -> None:
+    s = load_run_file(SRecRunConfig, CONFIGS / "paper_llm-srec.yaml", data="d", teacher="t", out="o")
+    assert (s.loop.lr, s.loop.lr_decay, s.loop.epochs, s.loop.patience, s.loop.select_metric) == (
+        1e-4, 0.95, 10, 5, "hr@10",
+    )  # fmt: skip
+    assert s.batch_size == 20 and s.model.loss.num_negatives == 3 and s.model.prompts.history_separator == ","
+    assert s.loop.warmup_steps == 0 and s.eval_users == 0
+
+
 def test_a_bad_run_file_names_the_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("loop:\n  lr: fast\n")
