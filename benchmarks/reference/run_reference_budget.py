@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=None, help="dist-srec prepared data dir (for --candidates dist-srec)"
     )
     ap.add_argument("--eval_seed", type=int, default=42)
+    ap.add_argument("--teacher_mode", choices=["train", "eval"], default="train",
+                    help="train: as the reference's loop (model.train() also sets its SASRec teacher to train "
+                    "mode, so the distillation target has dropout); eval: the teacher without dropout")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.candidates == "dist-srec" and a.data is None:
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         model.load_model(args, phase2_epoch=a.load_epoch)  # the reference's own loader of its saved heads
         a.steps = 0
     model.train()
+    if a.teacher_mode == "eval":  # not the reference: its loop leaves the teacher in train mode (dropout)
+        model.recsys.model.eval()
     for step, data in enumerate(train_loader):
         if step >= a.steps:
             break
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {
         "reference": str(ref), "name": a.name, "llm_path": a.llm_path, "llm_dtype": a.llm_dtype,
-        "autocast_dtype": a.autocast_dtype, "threads": a.threads, "seed": a.seed,
+        "autocast_dtype": a.autocast_dtype, "threads": a.threads, "seed": a.seed, "teacher_mode": a.teacher_mode,
         "users": usernum, "items": itemnum, "num_batch": num_batch, "trainable_params": trainable,
         "build_s": round(t_build, 2), "train_steps": len(step_s), "step_s": [round(s, 2) for s in step_s],
         "losses_retrieval_match": losses,

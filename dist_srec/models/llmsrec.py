@@ -65,6 +65,10 @@ class LLMSRecConfig:
     Same hidden states (to rounding); saves the head's share of every forward and backward."""
     seed: int = 0
     """Seeds the out-vector initialisation (the Linear layers follow torch's global seed)."""
+    teacher_dropout: bool = False
+    """Compute the distillation target with the teacher's dropout on during training, as the authors'
+    code does (its `model.train()` reaches the teacher). Off: the teacher's deterministic vector.
+    Validation and evaluation never use dropout."""
     loss: LossConfig = field(default_factory=LossConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
 
@@ -174,9 +178,14 @@ class LLMSRec(nn.Module):
         return z[inv.to(z.device)]
 
     def teacher_user(self, history: Tensor) -> Tensor:
-        """teacher_proj(teacher user vector) [B, d]; the teacher itself runs without a graph."""
-        with torch.no_grad():
-            t = self.teacher.user_vector(history.to(self.teacher_items.device))
+        """teacher_proj(teacher user vector) [B, d]; the teacher itself runs without a graph (in train
+        mode, i.e. with dropout, only while training with `teacher_dropout`)."""
+        self.teacher.train(self.training and self.cfg.teacher_dropout)
+        try:
+            with torch.no_grad():
+                t = self.teacher.user_vector(history.to(self.teacher_items.device))
+        finally:
+            self.teacher.eval()
         return self.heads.teacher_proj(t.float())
 
     def _out_hidden(self, rows: PromptRows) -> Tensor:

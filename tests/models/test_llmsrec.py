@@ -82,6 +82,15 @@ def test_frozen_parts_stay_in_eval_mode(lm: FrozenLM) -> None:
     assert not any(m.training for m in model.lm.modules())
 
 
+def test_teacher_dropout_only_while_training_and_only_when_asked(lm: FrozenLM) -> None:
+    h = make_batch()["history"]
+    for flag, training, noisy in ((False, True, False), (True, False, False), (True, True, True)):
+        model = make_model(lm, teacher_dropout=flag).train(training)
+        a, b = model.teacher_user(h), model.teacher_user(h)
+        assert (not torch.equal(a, b)) == noisy, (flag, training)
+        assert not model.teacher.training  # back in eval mode after every call
+
+
 def test_gradients_reach_every_head_and_no_frozen_weight_changes(lm: FrozenLM) -> None:
     model = make_model(lm).train()
     frozen = {k: v.clone() for k, v in {**model.lm.state_dict(), **model.teacher.state_dict()}.items()}
