@@ -76,7 +76,10 @@ def build(args: argparse.Namespace) -> tuple[Any, dict[str, torch.Tensor], torch
 
     dev = torch.device(args.device)
     path = str(random_lm_dir(Path(args.lm_config), Path(args.work))) if args.lm_config else args.llm
-    lm = load_frozen_lm(LLMConfig(path=path, dtype=args.dtype, cache_dir=args.work), dev)
+    # eager layers: this measures the step's own kernels (torch vs Triton), within the check's time budget
+    lm = load_frozen_lm(
+        LLMConfig(path=path, dtype=args.dtype, cache_dir=args.work, compile_layers=False), dev
+    )
     g = torch.Generator().manual_seed(args.seed)
     titles = [None] + [
         f"Film {i} ({1950 + int(torch.randint(70, (1,), generator=g))})" for i in range(args.items)

@@ -53,15 +53,16 @@ def main() -> None:
     from dist_srec.models.lm_config import LLMConfig
 
     kw = {"path": args.llm, "num_layers": args.layers or None}
+    base_kw = {"compile_layers": False}  # the eager baseline; variants override
     names = [v for v in args.variants.split(",") if v]
     unknown = set(names) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     default_threads = torch.get_num_threads()
-    runs = {"base": (load_frozen_lm(LLMConfig(**kw)), default_threads)}
+    runs = {"base": (load_frozen_lm(LLMConfig(**kw, **base_kw)), default_threads)}
     for name in names:
         over, threads = VARIANTS[name]
-        runs[name] = (load_frozen_lm(LLMConfig(**kw, **over)), threads or default_threads)
+        runs[name] = (load_frozen_lm(LLMConfig(**kw, **{**base_kw, **over})), threads or default_threads)
     base = runs["base"][0]
     h = base.hidden_size
     vocab = base.input_embeddings().shape[0]

@@ -81,7 +81,10 @@ def child(args: argparse.Namespace) -> None:
     mark("start")
     t0 = time.perf_counter()
     llm = LLMConfig(
-        path=args.llm, dtype=args.dtype, activation_checkpointing=not args.no_activation_checkpointing
+        path=args.llm,
+        dtype=args.dtype,
+        activation_checkpointing=not args.no_activation_checkpointing,
+        compile_layers=False,  # ZeRO-3 partitions the weights: the fused layers do not apply
     )
     lm = load_lm_deepspeed(llm, DeepSpeedConfig(stage=stage, override=args.ds_override), torch.device("cpu"),
                            micro_batch=args.batch)  # fmt: skip

@@ -12,11 +12,15 @@ The reference-equivalent mode is built from the project's own code with the pape
 - every item prompt run: the (1 + K) candidates of each user, no deduplication;
 - each forward padded to its longest prompt: one forward per pass (user prompts, item prompts);
 - no prompt-head reuse (the constant template head is run in every prompt);
-- fp32 weights under bf16 autocast (the paper code's peft upcasts its 8-bit/bf16 load to fp32).
-The default mode is `LLMSRecConfig()` / `LLMConfig(dtype=--dtype)`: what `dist-srec train` runs.
+- fp32 weights under bf16 autocast (the paper code's peft upcasts its 8-bit/bf16 load to fp32);
+- eager layers (no `compile_layers`).
+The default mode is `LLMSRecConfig()` / `LLMConfig(dtype=--dtype)`: what `dist-srec train` runs. Extra
+modes (`--extra-modes`, default `eager,checkpointed,selective`) change one field of it, to price one lever
+in the same run: `eager` without `compile_layers`, `checkpointed` with `activation_checkpointing`,
+`selective` with `selective_checkpointing`.
 
-Both run the same batches, A B A B, after one warm-up each; the train step is loss + backward + Adam on
-the heads. Encoding alternates chunks of `--encode-chunk` items. Peak RSS is per mode, from a fresh
+All modes run the same batches, A B C ..., after one warm-up each; the train step is loss + backward + Adam on
+the heads. Encoding alternates chunks of `--encode-chunk` items, after one untimed chunk per mode. Peak RSS is per mode, from a fresh
 child process that builds that mode alone and runs one step and one chunk (one process cannot tell
 two modes' peaks apart). Writes benchmarks/results/<name>.{json,md}.
 """
@@ -36,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import machine, markdown_table, peak_rss_mb, run_child, write_results
 
 MODES = ("default", "reference")
+EXTRA_MODES = {  # the default's LLMConfig with one field changed: what each lever is worth in the same run
+    "eager": {"compile_layers": False},
+    "checkpointed": {"activation_checkpointing": True},
+    "selective": {"selective_checkpointing": True},
+}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +61,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encode-chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--memory-only", choices=MODES, help="(internal) one mode's peak RSS, as JSON")
+    p.add_argument(
+        "--extra-modes",
+        default="eager,checkpointed,selective",
+        help=f"comma-separated, also interleaved: {', '.join(EXTRA_MODES)} ('' for none)",
+    )
+    p.add_argument(
+        "--memory-only", choices=[*MODES, *EXTRA_MODES], help="(internal) one mode's peak RSS, as JSON"
+    )
+    p.add_argument("--no-profile", action="store_true", help="skip the op profile of one more step per mode")
     p.add_argument("--name", default=None, help="results name (default vs_reference_<dataset>)")
     return p.parse_args(argv)
 
@@ -92,9 +109,12 @@ def build(args: argparse.Namespace, mode: str, data: Path, teacher: Path) -> tup
 
     torch.manual_seed(args.seed)
     cat = Catalog.load(data)
-    dtype = args.dtype if mode == "default" else "float32"
-    model, _ = build_model(LLMConfig(path=args.llm, dtype=dtype), teacher, cat, LLMSRecConfig(seed=args.seed),
-                           torch.device("cpu"))  # fmt: skip
+    # the default mode is LLMConfig's defaults (what `dist-srec train` runs); the reference runs eager fp32
+    if mode == "reference":
+        llm = LLMConfig(path=args.llm, dtype="float32", compile_layers=False)
+    else:
+        llm = LLMConfig(path=args.llm, dtype=args.dtype, **EXTRA_MODES.get(mode, {}))
+    model, _ = build_model(llm, teacher, cat, LLMSRecConfig(seed=args.seed), torch.device("cpu"))
     return (reference_equivalent(model) if mode == "reference" else model), cat
 
 
@@ -141,7 +161,7 @@ class Runner:
             self.step_s.append(time.perf_counter() - t0)
         self.losses.append(float(terms["loss"].detach()))
 
-    def encode(self, lo: int, hi: int) -> None:
+    def encode(self, lo: int, hi: int, timed: bool = True) -> None:
         import torch
 
         from dist_srec.eval.tables import encode_id_range
@@ -150,7 +170,8 @@ class Runner:
         t0 = time.perf_counter()
         with torch.no_grad():
             encode_id_range(self.model.encode_items, lo, hi, 256, lambda n: None)
-        self.encode_s += time.perf_counter() - t0
+        if timed:
+            self.encode_s += time.perf_counter() - t0
 
 
 def memory_only(args: argparse.Namespace) -> None:
@@ -174,35 +195,50 @@ def main() -> None:
     if args.memory_only:
         memory_only(args)
         return
-    from benchmarks.bench_throughput import inputs
+    from benchmarks.bench_throughput import inputs, profile_lines
+    from benchmarks.throughput_probe import op_profile
 
     data, teacher = inputs(args)
-    built = {m: build(args, m, data, teacher) for m in MODES}
+    modes = [*MODES, *(m for m in args.extra_modes.split(",") if m)]
+    unknown = set(modes) - {*MODES, *EXTRA_MODES}
+    if unknown:
+        raise SystemExit(f"--extra-modes: unknown {sorted(unknown)}; known: {', '.join(EXTRA_MODES)}")
+    # first, while this process holds no model: each child builds one mode alone (two at once need 25 GB)
+    argv = [str(Path(__file__).resolve()), *sys.argv[1:]]
+    memory = {m: run_child([*argv, "--memory-only", m])["peak_rss_mb"] for m in modes}
+    built = {m: build(args, m, data, teacher) for m in modes}
     cat = built["default"][1]
-    runners = {m: Runner(built[m][0]) for m in MODES}
+    runners = {m: Runner(built[m][0]) for m in modes}
     work = batches(args, cat, 1 + args.steps)
     for i, (b, neg) in enumerate(work):  # A B A B on the same batches; the first round is the warm-up
-        for m in MODES:
+        for m in modes:
             runners[m].step(b, neg, timed=i > 0)
             print(f"[vs-reference] step {i} {m}: {runners[m].step_s[-1] if i else 0:.2f} s", flush=True)
     n = min(args.encode_items, cat.num_items)
+    for m in modes:  # warm-up (a first no-graph pass compiles the fused layers' no-grad graphs): untimed
+        runners[m].encode(n + 1, min(n + 1 + args.encode_chunk, cat.num_items + 1), timed=False)
     for lo in range(1, n + 1, args.encode_chunk):
-        for m in MODES:
+        for m in modes:
             runners[m].encode(lo, min(lo + args.encode_chunk, n + 1))
-    argv = [str(Path(__file__).resolve()), *sys.argv[1:]]
-    memory = {m: run_child([*argv, "--memory-only", m])["peak_rss_mb"] for m in MODES}
+    # one more step of the default and the reference, under the profiler: where each one's time goes
+    last = work[-1]
+    profiles = {} if args.no_profile else {m: op_profile(lambda m=m: runners[m].step(*last, timed=False))
+                                           for m in MODES}  # fmt: skip
     rows = []
-    for m in MODES:
+    for m in modes:
         r = runners[m]
         med = statistics.median(r.step_s)
         rows.append({"mode": m, "step_s_median": med, "step_s": r.step_s, "samples_per_s": args.batch_size / med,
                      "items_per_s": n / r.encode_s, "peak_rss_mb": memory[m], "losses": r.losses})  # fmt: skip
     ref, ours = rows[1], rows[0]
+    for r in rows:
+        r["train_x_reference"] = r["samples_per_s"] / ref["samples_per_s"]
+        r["encode_x_reference"] = r["items_per_s"] / ref["items_per_s"]
     ratio = {"train_samples_per_s": ours["samples_per_s"] / ref["samples_per_s"],
              "encode_items_per_s": ours["items_per_s"] / ref["items_per_s"],
              "peak_rss": ours["peak_rss_mb"] / ref["peak_rss_mb"]}  # fmt: skip
     mach = machine()
-    payload = {"benchmark": "vs_reference", "settings": vars(args), "machine": mach, "rows": rows, "ratio": ratio,
+    payload = {"benchmark": "vs_reference", "settings": vars(args), "machine": mach, "rows": rows, "ratio": ratio, "profiles": profiles,
                "targets": {"train_samples_per_s": 4.0, "encode_items_per_s": 5.0, "peak_rss_mb": 3072}}  # fmt: skip
     md = "\n".join([
         f"# dist-srec vs a reference-equivalent build, interleaved ({mach['date']})", "",
@@ -211,11 +247,16 @@ def main() -> None:
         f"{args.batch_size} users x (1 + 3) candidates, {args.steps} timed steps per mode after 1 warm-up, "
         f"A B A B; {n} items encoded per mode in chunks of {args.encode_chunk}. The reference-equivalent mode "
         "is described in benchmarks/bench_vs_reference.py.", "",
-        markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "items_per_s", "peak_rss_mb"]), "",
+        markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "train_x_reference", "items_per_s",
+                              "encode_x_reference", "peak_rss_mb"]), "",
+        "Modes other than default and reference change one LLMConfig field of the default: "
+        + ", ".join(f"{m} {EXTRA_MODES[m]}" for m in modes if m in EXTRA_MODES) + ".", "",
         f"Ratios (default / reference): train {ratio['train_samples_per_s']:.2f}x (target 4x), encoding "
         f"{ratio['encode_items_per_s']:.2f}x (target 5x); peak RSS {ours['peak_rss_mb']:,.0f} MiB "
         f"(target <= 3,072 MiB per rank).",
     ])  # fmt: skip
+    for m, prof in profiles.items():
+        md += "\n\n" + f"**{m}.** " + "\n".join(profile_lines(prof))
     js, mdp = write_results(args.name or f"vs_reference_{args.dataset}", payload, md)
     print(md)
     print(f"wrote {js} and {mdp}")

@@ -154,7 +154,8 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::li
 
 def op_profile(fn: Callable[[], Any], top: int = 15) -> dict[str, Any]:
     """Run `fn` once under the torch profiler: self time per op (top `top`) and grouped into matmul,
-    attention and everything else (elementwise, norms, copies, Python-side dispatch)."""
+    attention forward, attention backward and everything else (elementwise, norms, copies, compiled
+    graphs' own kernels, Python-side dispatch)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -164,7 +165,12 @@ def op_profile(fn: Callable[[], Any], top: int = 15) -> dict[str, Any]:
     groups: dict[str, float] = defaultdict(float)
     for e in events:
         name = e.key
-        group = "matmul" if name in MATMUL_OPS else "attention" if "attention" in name else "other"
+        if name in MATMUL_OPS:
+            group = "matmul"
+        elif "attention" in name:
+            group = "attention backward" if "backward" in name else "attention forward"
+        else:
+            group = "other"
         groups[group] += e.self_cpu_time_total
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return {

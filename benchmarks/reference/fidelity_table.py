@@ -119,13 +119,35 @@ def lockstep_summary(doc: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def lockstep_md(lock: dict[str, Any]) -> list[str]:
+    """The markdown section of a `lockstep_summary`."""
+    s0 = lock["step0"]
+    md = [f"## Lockstep ({lock['steps']} steps, {lock['dtype']}, reference teacher in {lock['teacher_mode']} mode)", "",
+           "The same initial heads (dist-srec's, copied into the reference), the same batches and the reference's own "
+           "negatives on both sides; each side takes its own Adam step (`step_parity.py`).", "",
+           f"- step 0: retrieval CE differs by {s0['retrieval_abs_diff']:.1e}, MSE + uniformity by "
+           f"{s0['match_abs_diff']:.1e}; user vectors by {s0['user_vectors_rel_diff']:.1e} (relative); head gradients "
+           f"by at most {s0['grad_rel_diff_max']:.1e} (relative to each head's gradient norm).",
+           f"- prompt strings identical at every step: {lock['prompts_identical_every_step']}.",
+           f"- first step whose retrieval CE differs by more than 1e-3 relative: "
+           f"{lock['first_step_retrieval_differs_by_1e-3_rel']}; largest difference over the run: "
+           f"{lock['retrieval_abs_diff_max']:.3g} (CE), {lock['match_abs_diff_max']:.3g} (MSE + uniformity)."]  # fmt: skip
+    if lock["test"]:
+        t = lock["test"]
+        md.append(f"- test sampled NDCG@10 after the run: dist-srec heads {t['dist-srec heads']['ndcg@10']:.4f}, "
+                  f"reference heads {t['reference heads']['ndcg@10']:.4f} ({int(t['reference heads']['count'])} users, "
+                  "scored by dist-srec's evaluator).")  # fmt: skip
+    return md
+
+
 def plot(path: Path, ref_curves: list[list[float]], our_curves: list[list[float]], lock: dict | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if lock else 1
+    runs = bool(ref_curves or our_curves)
+    panels = int(runs) + int(lock is not None)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0][0]
     for k, c in enumerate(ref_curves):
@@ -134,10 +156,13 @@ def plot(path: Path, ref_curves: list[list[float]], our_curves: list[list[float]
         ax.plot(
             range(len(c)), c, color="tab:orange", alpha=0.7, ls="--", label="dist-srec" if k == 0 else None
         )
-    ax.set(yscale="log", xlabel="step", ylabel="retrieval CE", title="independent runs, one line per seed")
-    ax.legend()
+    if runs:
+        ax.set(
+            yscale="log", xlabel="step", ylabel="retrieval CE", title="independent runs, one line per seed"
+        )
+        ax.legend()
     if lock:
-        ax = axes[0][1]
+        ax = axes[0][int(runs)]
         ax.plot(lock["curves"]["reference"], color="tab:blue", label="reference")
         ax.plot(lock["curves"]["dist-srec"], color="tab:orange", ls="--", label="dist-srec")
         ax.set(
@@ -152,21 +177,52 @@ def plot(path: Path, ref_curves: list[list[float]], our_curves: list[list[float]
     plt.close(fig)
 
 
+def lockstep_only(a: argparse.Namespace) -> None:
+    """The lockstep runs alone: each one's summary, per-step loss terms and differences, and a plot."""
+    docs = [json.loads(p.read_text()) for p in a.lockstep]
+    locks = [lockstep_summary(d) for d in docs]
+    md = ["# Fidelity: dist-srec and the paper's code in lockstep", "", a.settings]
+    for doc, lock in zip(docs, locks):
+        md += ["", *lockstep_md(lock), ""]
+        rows = [{"step": s["step"], "ref CE": s["reference"]["retrieval"], "ours CE": s["dist_srec"]["retrieval"],
+                 "ref MSE+U": s["reference"]["match"], "ours MSE+U": s["dist_srec"]["match"],
+                 "user vectors rel diff": f"{s['user_vectors_rel_diff']:.1e}",
+                 "max grad rel diff": f"{s['grad_rel_diff_max']:.1e}"}
+                for s in doc["steps"]]  # fmt: skip
+        md.append(markdown_table(rows, list(rows[0])))
+    payload = {"benchmark": "fidelity_lockstep", "settings": a.settings, "finding": a.finding, "machine": machine(), "lockstep": locks,
+               "runs": docs, "sources": [str(p) for p in a.lockstep]}  # fmt: skip
+    plot(RESULTS / f"{a.name}.png", [], [], locks[0])
+    if a.finding:
+        md += ["", "## What it shows", "", a.finding]
+    md += ["", f"Retrieval CE per step: `{a.name}.png`."]
+    js, mdp = write_results(a.name, payload, "\n".join(md))
+    print("\n".join(md))
+    print(f"wrote {js} and {mdp}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reference", type=Path, nargs="+", required=True, help="one JSON per reference seed")
-    ap.add_argument(
-        "--srec", type=Path, nargs="+", required=True, help="dist-srec train OUTs (metrics.jsonl)"
-    )
-    ap.add_argument("--srec-evals", type=Path, nargs="+", required=True, help="their evaluations, same order")
+    ap.add_argument("--reference", type=Path, nargs="+", default=[], help="one JSON per reference seed")
+    ap.add_argument("--srec", type=Path, nargs="+", default=[], help="dist-srec train OUTs (metrics.jsonl)")
+    ap.add_argument("--srec-evals", type=Path, nargs="+", default=[], help="their evaluations, same order")
     ap.add_argument("--nodistill-eval", type=Path)
-    ap.add_argument("--lockstep", type=Path, help="a step_parity.py JSON")
+    ap.add_argument("--lockstep", type=Path, nargs="+", default=[],
+                    help="step_parity.py JSONs; alone (no --reference): a lockstep-only report")  # fmt: skip
     ap.add_argument("--recipe-evals", type=Path, nargs="*", default=[], help="a recipe of ours, one per seed")
     ap.add_argument("--recipe", default="", help="what the recipe changes")
     ap.add_argument("--data", type=Path, help="the prepared data dir: adds a popularity row")
     ap.add_argument("--settings", default="")
+    ap.add_argument("--finding", default="", help="(lockstep-only report) what the runs show, in words")
     ap.add_argument("--name", default="fidelity_ml-100k_budget")
     a = ap.parse_args()
+    if not a.reference:
+        if not a.lockstep:
+            ap.error("give --reference, --srec and --srec-evals, or --lockstep alone")
+        lockstep_only(a)
+        return
+    if not (a.srec and a.srec_evals):
+        ap.error("--reference needs --srec and --srec-evals")
     if len(a.srec) != len(a.srec_evals):
         ap.error("give one --srec-evals file per --srec run")
     refs = [json.loads(p.read_text()) for p in a.reference]
@@ -210,7 +266,7 @@ def main() -> None:
         sides["recipe"] = spread([m["ndcg@10"] for m in recipe])
     diff = sides["dist-srec"]["mean"] - sides["reference"]["mean"]
     diff_se = math.hypot(sides["reference"]["se"], sides["dist-srec"]["se"])
-    lock = lockstep_summary(json.loads(a.lockstep.read_text())) if a.lockstep else None
+    lock = lockstep_summary(json.loads(a.lockstep[0].read_text())) if a.lockstep else None
     ref_curves = [[x[0] for x in r["losses_retrieval_match"]] for r in refs]
     our_curves = [per_step(p)["retrieval"] for p in a.srec]
     payload = {"benchmark": "fidelity", "settings": a.settings, "machine": machine(), "rows": rows,
@@ -235,22 +291,7 @@ def main() -> None:
         payload["recipe_relative_gain_over_reference"] = gain
         md += ["", f"Recipe ({a.recipe}) over the reference's seed mean: {gain:+.1%} relative NDCG@10."]
     if lock:
-        s0 = lock["step0"]
-        md += ["", f"## Lockstep ({lock['steps']} steps, {lock['dtype']}, reference teacher in {lock['teacher_mode']} mode)", "",
-               "The same initial heads (dist-srec's, copied into the reference), the same batches and the reference's own "
-               "negatives on both sides; each side takes its own Adam step (`step_parity.py`).", "",
-               f"- step 0: retrieval CE differs by {s0['retrieval_abs_diff']:.1e}, MSE + uniformity by "
-               f"{s0['match_abs_diff']:.1e}; user vectors by {s0['user_vectors_rel_diff']:.1e} (relative); head gradients "
-               f"by at most {s0['grad_rel_diff_max']:.1e} (relative to each head's gradient norm).",
-               f"- prompt strings identical at every step: {lock['prompts_identical_every_step']}.",
-               f"- first step whose retrieval CE differs by more than 1e-3 relative: "
-               f"{lock['first_step_retrieval_differs_by_1e-3_rel']}; largest difference over the run: "
-               f"{lock['retrieval_abs_diff_max']:.3g} (CE), {lock['match_abs_diff_max']:.3g} (MSE + uniformity)."]  # fmt: skip
-        if lock["test"]:
-            t = lock["test"]
-            md.append(f"- test sampled NDCG@10 after the run: dist-srec heads {t['dist-srec heads']['ndcg@10']:.4f}, "
-                      f"reference heads {t['reference heads']['ndcg@10']:.4f} ({int(t['reference heads']['count'])} users, "
-                      "scored by dist-srec's evaluator).")  # fmt: skip
+        md += ["", *lockstep_md(lock)]
     md += ["", f"Training losses step by step: `{a.name}.png` and `curves` in the JSON."]
     plot(RESULTS / f"{a.name}.png", ref_curves, our_curves, lock)
     js, mdp = write_results(a.name, payload, "\n".join(md))

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     cat = Catalog.load(data_dir)
     mcfg = LLMSRecConfig(prompts=PromptConfig(history_separator=","))
     ours, _ = build_model(
-        LLMConfig(path=str(lm_dir), dtype="float32", num_layers=a.num_layers), teacher_dir, cat, mcfg,
+        LLMConfig(path=str(lm_dir), dtype="float32", num_layers=a.num_layers, compile_layers=False), teacher_dir, cat, mcfg,
         torch.device("cpu"),
     )  # fmt: skip
     loader = ShardLoader.for_checks(data_dir, "train")

@@ -233,10 +233,10 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
     model, tokenizer = load_causal_lm(path, cfg, resolve_dtype(cfg.dtype, device))
     add_special_tokens(model, tokenizer)
     lm = FrozenLM(model, tokenizer, source=cfg.path)
+    if cfg.compile_layers:  # first: checkpointing wraps whatever forward a layer then has
+        compile_decoder(lm.body, cfg.compile_scope, device, cfg.selective_checkpointing)
     if cfg.activation_checkpointing:
         checkpoint_layers(lm.body)
-    if cfg.compile_layers:
-        compile_decoder(lm.body, cfg.compile_scope)
     if any(is_partitioned(p) for p in model.parameters()):
         return lm  # ZeRO-3 (`dist_srec.parallel.lm_engine`): DeepSpeed placed each partition already
     return lm.to(device)

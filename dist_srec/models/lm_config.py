@@ -22,7 +22,7 @@ DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-COMPILE_SCOPES = ("layers", "parts")
+COMPILE_SCOPES = ("auto", "layers", "parts")
 
 
 @dataclass(kw_only=True)
@@ -48,18 +48,24 @@ class LLMConfig:
     activations a training step holds drop from every layer's intermediates to one [b, T, H] per layer,
     for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
     a big LM on a small GPU); same outputs and gradients either way."""
-    compile_layers: bool = False
-    """`torch.compile` parts of every decoder layer (regional compilation), fusing the elementwise work
-    around the GEMMs. What is compiled is `compile_scope`. Costs compile time at start; see
-    benchmarks/results/compile_layers_cpu.md for what it buys on CPU."""
-    compile_scope: str = "layers"
-    """With `compile_layers`: `layers` compiles each whole decoder layer (norms, rotary, SiLU, residual
-    adds). Dynamo specialises such a graph on the layer's slot in the KV cache, so there is one graph per
-    layer and pass kind (plain, prompt-head prefix, after a prefix), and the recompile limit is raised to
-    fit them: at torch's default of 8 every layer past the 8th silently ran eager. That is several
-    hundred graphs for a 30-layer LM in a training step, so many minutes of compiling. `parts` compiles
-    only the cache-free submodules (MLP and the two RMSNorms), one graph shared by all layers: seconds
-    of compile, fewer fusions."""
+    selective_checkpointing: bool = False
+    """Recompute only each layer's part after the attention (o projection, residual, RMSNorm, MLP) in the
+    backward, keeping the rest: about 2/3 of the activations for about a tenth more compute (full
+    `activation_checkpointing` recomputes the whole layer). Needs the fused layers (`compile_layers`
+    with `compile_scope` `auto` or `layers`); where `auto` leaves the layers eager it is off, with a
+    warning."""
+    compile_layers: bool = True
+    """`torch.compile` the elementwise work around the GEMMs of every decoder layer (regional
+    compilation): what is compiled is `compile_scope`. Costs compile time on the first passes (tens of
+    seconds on a CPU), then faster steps: the `eager` row of benchmarks/results/vs_reference_ml-100k.md
+    prices it in a SmolLM2 train step. Same outputs and gradients to rounding."""
+    compile_scope: str = "auto"
+    """With `compile_layers`: `layers` runs every decoder layer as two compiled graphs shared by all
+    layers, one before and one after the attention (norm, q/k/v, rotary; o projection, residuals, norm,
+    SiLU-gated MLP), for layers of the Llama form (Llama, SmolLM2, Mistral, Qwen2); an error elsewhere,
+    under ZeRO-3 partitioning, or on a CPU without a C++ compiler. `auto` (default): `layers` where it
+    applies, else the layers stay eager and the log says why. `parts` compiles only the MLP and the two
+    RMSNorm modules of each layer (any architecture that has them): seconds of compile, fewer fusions."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -68,6 +74,16 @@ class LLMConfig:
             raise ConfigError(f"config field 'dtype': '{self.dtype}' is not one of auto, {', '.join(DTYPES)}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"config field 'num_layers': must be >= 1, got {self.num_layers}")
+        if self.selective_checkpointing and not (self.compile_layers and self.compile_scope != "parts"):
+            raise ConfigError(
+                "config field 'selective_checkpointing': needs compile_layers true with compile_scope "
+                "'auto' or 'layers' (it recomputes part of the fused layer)"
+            )
+        if self.selective_checkpointing and self.activation_checkpointing:
+            raise ConfigError(
+                "config fields 'selective_checkpointing' and 'activation_checkpointing': choose one "
+                "(whole-layer checkpointing already recomputes what the selective one would)"
+            )
         if self.compile_scope not in COMPILE_SCOPES:
             raise ConfigError(
                 f"config field 'compile_scope': '{self.compile_scope}' is not one of {', '.join(COMPILE_SCOPES)}"

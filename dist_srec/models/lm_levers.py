@@ -5,12 +5,17 @@ outputs and gradients of the plain path (tests/models/test_llm.py).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dist_srec.errors import ConfigError
+from dist_srec.models.fused_layer import fuse_layers, unfusable
 from dist_srec.models.lm_config import COMPILE_SCOPES
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_layers(body: nn.Module) -> int:
@@ -29,32 +34,35 @@ def checkpoint_layers(body: nn.Module) -> int:
     return len(layers)
 
 
-# Graphs per layer under scope `layers`. A training step plus catalog encoding needs more than 4: the
-# two prompt heads differ in length (the cache shape is guarded), with and without a graph, plus dynamic
-# recompiles. At 4 the SmolLM2 whole step hit the limit (120) on its first step. 8 is not yet verified.
-_PASS_KINDS = 8
+def compile_decoder(
+    body: nn.Module, scope: str, device: torch.device | str = "cpu", recompute_out: bool = False
+) -> int:
+    """`torch.compile` the decoder layers of `body` in place (see `LLMConfig.compile_scope`) for a model
+    that runs on `device`; returns the number of layers (`auto`, `layers`) or modules (`parts`) compiled.
 
-
-def compile_decoder(body: nn.Module, scope: str) -> int:
-    """`torch.compile` the decoder layers of `body` in place (see `LLMConfig.compile_scope`); returns
-    the number of modules compiled.
-
-    `layers`: each layer whole. Its graph guards on the layer's own KV-cache slot, so every layer needs
-    its own cache entries; `recompile_limit` (default 8, process-wide) is raised to layers x pass kinds,
-    otherwise layers past the limit fall back to eager without an error.
+    `layers`: every layer runs as two compiled graphs that all layers share, one before the attention
+    and one after it (`dist_srec.models.fused_layer`); ConfigError where that cannot serve (not the
+    Llama form, ZeRO-3, no C++ compiler for CPU code). `auto`: the same, and where it cannot serve, the
+    layers stay eager and the reason is logged (0 returned). `recompute_out`: the fused layers recompute
+    their part after the attention in the backward (`LLMConfig.selective_checkpointing`).
     `parts`: each layer's `mlp`, `input_layernorm` and `post_attention_layernorm` where present; their
     forwards touch no cache and no layer index, so all layers share one graph per shape.
     """
     layers = decoder_layers(body)
-    if scope == "layers":
-        import torch._dynamo.config as dyn  # deferred: loads the compiler stack, only for compile_layers
-
-        need = _PASS_KINDS * len(layers)
-        dyn.recompile_limit = max(dyn.recompile_limit, need)
-        dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 2 * need)
-        for layer in layers:
-            layer.compile()
-        return len(layers)
+    if scope in ("auto", "layers"):
+        why = unfusable(body, layers, device)
+        if why is None:
+            n = fuse_layers(body, layers, recompute_out)
+            log.info("compiled decoder layers: %d layers share the fused graphs", n)
+            return n
+        if scope == "layers":
+            raise ConfigError(f"compile_scope 'layers': {why}; use 'parts' or compile_layers false")
+        log.info("compile_scope auto: decoder layers left eager: %s", why)
+        if recompute_out:
+            log.warning("selective_checkpointing is off: it needs the fused layers (%s)", why)
+        return 0
+    if recompute_out:
+        raise ConfigError("selective_checkpointing needs compile_scope 'layers' or 'auto'")
     if scope != "parts":
         raise ConfigError(f"compile scope '{scope}' is not one of {', '.join(COMPILE_SCOPES)}")
     n = 0

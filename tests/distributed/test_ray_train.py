@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -69,7 +70,9 @@ def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, t
     from dist_srec.train.srec_task import SRecTask
 
     cat = Catalog.load(cfg.data)
-    model, _ = build_model(cfg.llm, cfg.teacher, cat, cfg.model, torch.device("cpu"))
+    # the workers' ZeRO-3 leaves their layers eager (compile_scope auto): so do these, to round alike
+    llm = dataclasses.replace(cfg.llm, compile_layers=False)
+    model, _ = build_model(llm, cfg.teacher, cat, cfg.model, torch.device("cpu"))
     task = SRecTask(model, {"catalog": {"num_items": cat.num_items}})
     task.setup(TrainContext())
     opt = torch.optim.Adam(task.trainable(), lr=cfg.loop.lr, betas=cfg.loop.betas)

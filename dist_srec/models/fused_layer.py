@@ -1,0 +1,248 @@
+"""A Llama-form decoder layer as two compiled graphs that every layer shares: `fuse_layers(body)`.
+
+A decoder layer of the Llama form (Llama, SmolLM2, Mistral, Qwen2: RMSNorm, q/k/v projections,
+rotary, attention, o projection, RMSNorm, SiLU-gated MLP) computes
+
+    h = rms(x) · w1                       rms(x) = x / sqrt(mean(x², -1) + eps), in fp32, cast back
+    q, k, v = h Wqᵀ, h Wkᵀ, h Wvᵀ          [b, heads, t, hd], [b, kv_heads, t, hd] (+ biases, if any)
+    q, k = q·cos + rot(q)·sin, k·cos + rot(k)·sin       rot([a, b]) = [-b, a] over the head dim
+    a = attention(q, [cache k; k], [cache v; v])        the model's own attention function
+    x = x + a Woᵀ
+    y = x + (silu(rms(x)·w2 Wgᵀ) * (rms(x)·w2 Wuᵀ)) Wdᵀ
+
+Between the GEMMs that is some twenty elementwise passes over [b, t, H] or [b, t, I] tensors, forward
+and backward, each a round trip through memory: on a CPU they took about a third of a training step.
+Here the part before the attention (`_qkv`) and the part after it (`_out_mlp`) are each one
+`torch.compile`d function that takes the layer's weights as arguments. So the graphs depend only on
+shapes and dtypes, never on which layer calls them: every layer shares one graph per function and
+grad mode, where compiling each layer module whole specialised every graph on the layer's slot in the
+KV cache (a graph per layer and pass kind, hundreds for a 30-layer LM). The attention itself stays
+outside the graphs, in the function the model is configured with (`attn_implementation`), and the KV
+cache is updated between the two, as the layer's own forward does.
+
+With `recompute_out` (`LLMConfig.selective_checkpointing`) the part after the attention runs again in
+the backward instead of keeping its intermediates. Installed only where it reproduces the layer: the structure is checked, and layer 0's own forward is
+compared with the same math run eagerly on a probe input; anything else (Gemma's (1 + w) norms,
+Qwen3's q/k norms, a GELU MLP) is refused with the reason. The weights are read directly, so not under
+DeepSpeed ZeRO-3 partitioning (whose hooks gather them only for a submodule's own call).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from dist_srec.models.zero3 import is_partitioned
+
+
+def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    """Llama's RMSNorm: normalised in fp32, cast back to x's dtype, then scaled by w."""
+    x32 = x.float()
+    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _qkv(
+    x: Tensor,  # [b, t, H]
+    cos: Tensor,  # [b, t, hd]
+    sin: Tensor,  # [b, t, hd]
+    ln: Tensor,
+    wq: Tensor,
+    bq: Tensor | None,
+    wk: Tensor,
+    bk: Tensor | None,
+    wv: Tensor,
+    bv: Tensor | None,
+    eps: float,
+    heads: int,
+    kv_heads: int,
+    hd: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries [b, heads, t, hd] and rotated keys, values [b, kv_heads, t, hd] of a layer's input."""
+    b, t = x.shape[:2]
+    h = _rms(x, ln, eps)
+    q = F.linear(h, wq, bq).view(b, t, heads, hd).transpose(1, 2)
+    k = F.linear(h, wk, bk).view(b, t, kv_heads, hd).transpose(1, 2)
+    v = F.linear(h, wv, bv).view(b, t, kv_heads, hd).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def _out_mlp(
+    x: Tensor,  # [b, t, H], the layer's input (the residual)
+    attn: Tensor,  # [b, t, heads, hd], the attention function's output
+    wo: Tensor,
+    bo: Tensor | None,
+    ln: Tensor,
+    wg: Tensor,
+    bg: Tensor | None,
+    wu: Tensor,
+    bu: Tensor | None,
+    wd: Tensor,
+    bd: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """The layer's output [b, t, H]: residual + o projection, then residual + the SiLU-gated MLP."""
+    x = x + F.linear(attn.reshape(*x.shape[:2], -1), wo, bo)
+    h = _rms(x, ln, eps)
+    return x + F.linear(F.silu(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
+
+
+_RECOMPILE_LIMIT = 64
+
+
+@functools.cache
+def _compiled() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    # dynamic=None: a second shape recompiles once with dynamic sizes, which every later bucket shape
+    # (rows and lengths vary per pass) then shares. dynamic=True failed its guards on the None biases
+    # and recompiled a second time for no shape change.
+    return (
+        torch.compile(_qkv, dynamic=None, fullgraph=True),
+        torch.compile(_out_mlp, dynamic=None, fullgraph=True),
+    )
+
+
+def _check_form(layer: nn.Module) -> str | None:
+    """Why `layer` is not of the Llama form, or None."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    for owner, names in (
+        (layer, ("input_layernorm", "post_attention_layernorm")),
+        (attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+        (mlp, ("gate_proj", "up_proj", "down_proj")),
+    ):
+        for name in names:
+            if owner is None or not isinstance(getattr(owner, name, None), nn.Module):
+                return f"no {name}"
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        norm = getattr(layer, name)
+        if not hasattr(norm, "variance_epsilon") or not isinstance(getattr(norm, "weight", None), Tensor):
+            return f"{name} ({type(norm).__name__}) is not an RMSNorm with weight and variance_epsilon"
+    act = getattr(getattr(attn, "config", None), "hidden_act", None)
+    if act not in ("silu", "swish"):
+        return f"the MLP's activation is {act!r}, not SiLU"
+    for name in ("q_norm", "k_norm"):
+        if getattr(attn, name, None) is not None:
+            return f"the attention has {name}"
+    for name in ("layer_idx", "head_dim", "scaling", "config"):
+        if not hasattr(attn, name):
+            return f"the attention has no {name}"
+    return None
+
+
+def _bias(m: nn.Module) -> Tensor | None:
+    return getattr(m, "bias", None)
+
+
+def _fused_forward(
+    layer: nn.Module, run: tuple[Callable[..., Any], Callable[..., Any]], recompute_out: bool = False
+) -> Callable[..., Tensor]:
+    """A forward for `layer` with the decoder layer's signature, computing through `run` = (qkv, out_mlp).
+
+    `recompute_out`: when a graph is built, `out_mlp` keeps only its inputs and runs again in the backward
+    (non-reentrant checkpointing): its intermediates (the residual, the normed input, the MLP's gate and
+    up projections: about 2/3 of a layer's activations) are not held between forward and backward."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # deferred: seconds to import
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    attn, mlp = layer.self_attn, layer.mlp
+    ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+    hd = int(attn.head_dim)
+    heads = attn.q_proj.out_features // hd
+    kv_heads = attn.k_proj.out_features // hd
+
+    def forward(
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        qkv, out_mlp = run
+        cos, sin = position_embeddings
+        q, k, v = qkv(hidden_states, cos, sin, ln1.weight, attn.q_proj.weight, _bias(attn.q_proj),
+                      attn.k_proj.weight, _bias(attn.k_proj), attn.v_proj.weight, _bias(attn.v_proj),
+                      float(ln1.variance_epsilon), heads, kv_heads, hd)  # fmt: skip
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, attn.layer_idx)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attn.config._attn_implementation, eager_attention_forward
+        )
+        a, _ = interface(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling,
+                         position_ids=position_ids, **kwargs)  # fmt: skip
+        f = out_mlp
+        if recompute_out and torch.is_grad_enabled():
+            f = functools.partial(checkpoint, out_mlp, use_reentrant=False)
+        return f(hidden_states, a, attn.o_proj.weight, _bias(attn.o_proj), ln2.weight,
+                 mlp.gate_proj.weight, _bias(mlp.gate_proj), mlp.up_proj.weight, _bias(mlp.up_proj),
+                 mlp.down_proj.weight, _bias(mlp.down_proj), float(ln2.variance_epsilon))  # fmt: skip
+
+    return forward
+
+
+def _probe(body: nn.Module, layer: nn.Module) -> float:
+    """Largest |difference| / max|reference| between `layer`'s own forward and the fused math run
+    eagerly, on a 2 x 7 random input (no cache, causal)."""
+    p = next(layer.parameters())
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(2, 7, body.config.hidden_size, generator=gen).to(p.device, p.dtype)
+    pos = torch.arange(7, device=p.device)[None].expand(2, -1)
+    with torch.no_grad():
+        cos_sin = body.rotary_emb(x, pos)
+        ref = layer(x, position_ids=pos, position_embeddings=cos_sin)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        got = _fused_forward(layer, (_qkv, _out_mlp))(x, position_ids=pos, position_embeddings=cos_sin)
+    return float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
+
+
+def unfusable(body: nn.Module, layers: nn.ModuleList, device: torch.device | str = "cpu") -> str | None:
+    """Why `fuse_layers` cannot serve these layers on `device`, or None: weights partitioned by
+    ZeRO-3, a layer not of the Llama form (module docstring), layer 0 disagreeing with the fused math on
+    a probe, or no C++ compiler for the CPU graphs."""
+    if any(is_partitioned(p) for p in body.parameters()):
+        return "DeepSpeed ZeRO-3 partitions the weights, which the fused layer reads directly"
+    if not hasattr(body, "rotary_emb"):
+        return f"{type(body).__name__} has no rotary_emb"
+    for layer in layers:
+        why = _check_form(layer)
+        if why:
+            return f"{type(layer).__name__} is not of the Llama form ({why})"
+    err = _probe(body, layers[0])
+    tol = 1e-4 if next(body.parameters()).dtype == torch.float32 else 2e-2
+    if not err <= tol:
+        return f"{type(layers[0]).__name__} computes something else than the Llama form (relative difference {err:.2e} on a probe)"
+    if torch.device(device).type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")
+    ):
+        return "no C++ compiler (g++ or clang++) for torch.compile's CPU code"
+    return None
+
+
+def fuse_layers(body: nn.Module, layers: nn.ModuleList, recompute_out: bool = False) -> int:
+    """Give every layer of `layers` (the decoder `body`'s) the two shared compiled graphs as its forward
+    (with `recompute_out`, see `_fused_forward`); returns the number of layers. Check `unfusable` first."""
+    import torch._dynamo.config as dyn  # deferred: loads the compiler stack
+
+    # A process shares the two functions between every LM it loads: each (dtype, head layout, grad mode)
+    # needs its own graphs, a static and a dynamic one. torch stops at 8 per function, and with
+    # fullgraph=True the 9th is an error (the test suite, which loads many tiny LMs in one process,
+    # reached it).
+    dyn.recompile_limit = max(dyn.recompile_limit, _RECOMPILE_LIMIT)
+    dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
+    run = _compiled()
+    for layer in layers:
+        layer.forward = _fused_forward(layer, run, recompute_out)
+    return len(layers)
