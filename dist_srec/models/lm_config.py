@@ -50,8 +50,8 @@ class LLMConfig:
     a big LM on a small GPU); same outputs and gradients either way."""
     selective_checkpointing: bool = False
     """Recompute only each layer's part after the attention (o projection, residual, RMSNorm, MLP) in the
-    backward, keeping the rest: about 2/3 of the activations for about a tenth more compute (full
-    `activation_checkpointing` recomputes the whole layer). Needs the fused layers (`compile_layers`
+    backward, keeping the rest: a SmolLM2 CPU step held 3.0 GB instead of 4.9 and took 15-19% longer
+    (full `activation_checkpointing`: 2.2 GB, 27-34% longer; benchmarks/results/vs_reference_ml-100k.md). Needs the fused layers (`compile_layers`
     with `compile_scope` `auto` or `layers`); where `auto` leaves the layers eager it is off, with a
     warning."""
     compile_layers: bool = True

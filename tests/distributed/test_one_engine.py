@@ -25,13 +25,23 @@ from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.train import checkpoint as ckpt_io
 from dist_srec.train.metric_logging import METRICS_FILE
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
-from tests.distributed.test_ray_train import NOISE_ONLY, _reference, _run_cfg, _train_state, ray_cluster  # noqa: F401
+from tests.distributed.test_ray_train import (  # noqa: F401
+    NOISE_ONLY,
+    _reference,
+    _run_cfg,
+    _train_state,
+    llm_as_workers_run,
+    ray_cluster,
+)
 
 pytestmark = pytest.mark.distributed
 
 
-def _continue(cfg: SRecRunConfig, ckpt: Path, steps: int) -> tuple[list[float], dict, dict]:
-    """One process doing what 2 ranks do from checkpoint `ckpt` (an epoch boundary): heads, Adam state."""
+def _continue(
+    cfg: SRecRunConfig, ckpt: Path, steps: int, deepspeed: DeepSpeedConfig
+) -> tuple[list[float], dict, dict]:
+    """One process doing what 2 ranks do from checkpoint `ckpt` (an epoch boundary) under `deepspeed`:
+    heads, Adam state."""
     from dist_srec.data.catalog import Catalog
     from dist_srec.data.loader import rank_loader
     from dist_srec.parallel.context import TrainContext
@@ -41,7 +51,8 @@ def _continue(cfg: SRecRunConfig, ckpt: Path, steps: int) -> tuple[list[float], 
 
     ck = ckpt_io.load_checkpoint(ckpt)
     epoch, step0 = ck.train_state["epoch"], ck.train_state["global_step"]
-    model, _ = build_model(cfg.llm, cfg.teacher, Catalog.load(cfg.data), cfg.model, torch.device("cpu"))
+    llm = llm_as_workers_run(cfg.llm, deepspeed)
+    model, _ = build_model(llm, cfg.teacher, Catalog.load(cfg.data), cfg.model, torch.device("cpu"))
     model.load_trainable_state_dict(ck.model_state)
     task = SRecTask(model, {"catalog": {"num_items": model.teacher_items.shape[0] - 1}})
     opt = torch.optim.Adam(task.trainable(), lr=cfg.loop.lr, betas=cfg.loop.betas)
@@ -101,10 +112,11 @@ def test_one_engine_matches_one_process_and_resumes_across_patterns(srec_setup, 
     single.loop = type(cfg.loop)(**{**cfg.loop.__dict__, "epochs": 2})
     assert train_srec(single).global_step == 15
     # plain checkpoint -> the one-engine pattern at stage 3 (epoch 3 on 2 ranks: 5 steps)
-    want_losses, want_heads, want_opt = _continue(cfg, tmp_path / "b" / "last", 5)
+    stage3 = DeepSpeedConfig(pattern="one-engine", stage=3)
+    want_losses, want_heads, want_opt = _continue(cfg, tmp_path / "b" / "last", 5, stage3)
     shutil.copytree(tmp_path / "b" / "last", tmp_path / "c" / "last")
     three = SRecRunConfig(**{**single.__dict__, "out": str(tmp_path / "c")})
-    three.deepspeed = DeepSpeedConfig(pattern="one-engine", stage=3)
+    three.deepspeed = stage3
     three.loop = type(cfg.loop)(**{**cfg.loop.__dict__, "epochs": 3})
     assert fit(three, RayConfig(num_workers=2, name="one3")).error is None
     c = ckpt_io.load_checkpoint(tmp_path / "c" / "last")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from dist_srec.cluster.ray_train import RayConfig, fit
 from dist_srec.errors import CheckpointError
 from dist_srec.inference.evaluate import evaluate_srec
+from dist_srec.models.lm_config import LLMConfig
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig
 from dist_srec.train.metric_logging import METRICS_FILE
 from dist_srec.train.srec_train import SRecRunConfig, train_srec
@@ -60,6 +61,16 @@ def _run_cfg(data: Path, teacher: Path, out: Path, cache: Path) -> SRecRunConfig
     return cfg
 
 
+def llm_as_workers_run(llm: LLMConfig, deepspeed: DeepSpeedConfig | None) -> LLMConfig:
+    """The LM config a one-process reference must use to round as the workers do: ZeRO-3 partitions the
+    weights, so `compile_scope auto` leaves the workers' layers eager (`dist_srec.models.fused_layer`);
+    elsewhere they run fused, as the reference then does. Compiled and eager layers differ by rounding,
+    which 5 Adam steps grow past the heads' tolerance."""
+    if deepspeed is not None and deepspeed.stage == 3:
+        return dataclasses.replace(llm, compile_layers=False)
+    return llm
+
+
 def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     """One process doing what 2 ranks do: rank r's batch and negatives (seed, r, step), averaged."""
     from dist_srec.data.catalog import Catalog
@@ -70,9 +81,9 @@ def _reference(cfg: SRecRunConfig, steps: int) -> tuple[list[float], dict[str, t
     from dist_srec.train.srec_task import SRecTask
 
     cat = Catalog.load(cfg.data)
-    # the workers' ZeRO-3 leaves their layers eager (compile_scope auto): so do these, to round alike
-    llm = dataclasses.replace(cfg.llm, compile_layers=False)
-    model, _ = build_model(llm, cfg.teacher, cat, cfg.model, torch.device("cpu"))
+    model, _ = build_model(
+        llm_as_workers_run(cfg.llm, cfg.deepspeed), cfg.teacher, cat, cfg.model, torch.device("cpu")
+    )
     task = SRecTask(model, {"catalog": {"num_items": cat.num_items}})
     task.setup(TrainContext())
     opt = torch.optim.Adam(task.trainable(), lr=cfg.loop.lr, betas=cfg.loop.betas)
