@@ -19,10 +19,12 @@ modes (`--extra-modes`, default `eager,checkpointed,selective`) change one field
 in the same run: `eager` without `compile_layers`, `checkpointed` with `activation_checkpointing`,
 `selective` with `selective_checkpointing`.
 
-All modes run the same batches, A B C ..., after one warm-up each; the train step is loss + backward + Adam on
-the heads. Encoding alternates chunks of `--encode-chunk` items, after one untimed chunk per mode. Peak RSS is per mode, from a fresh
-child process that builds that mode alone and runs one step and one chunk (one process cannot tell
-two modes' peaks apart). Writes benchmarks/results/<name>.{json,md}.
+All modes run the same batches, interleaved (A B C ...), after one warm-up each; the train step is loss +
+backward + Adam on the heads. Encoding alternates chunks of `--encode-chunk` items, after one untimed
+chunk per mode. Peak RSS is per mode, from a fresh child process that builds that mode alone and runs
+one step and one chunk (one process cannot tell two modes' peaks apart); the children run first,
+while this process holds no model. One more step of the default and of the reference runs under the
+torch profiler (`--no-profile` skips it). Writes benchmarks/results/<name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def main() -> None:
     cat = built["default"][1]
     runners = {m: Runner(built[m][0]) for m in modes}
     work = batches(args, cat, 1 + args.steps)
-    for i, (b, neg) in enumerate(work):  # A B A B on the same batches; the first round is the warm-up
+    for i, (b, neg) in enumerate(work):  # every mode on the same batches; the first round is the warm-up
         for m in modes:
             runners[m].step(b, neg, timed=i > 0)
             print(f"[vs-reference] step {i} {m}: {runners[m].step_s[-1] if i else 0:.2f} s", flush=True)
@@ -245,7 +247,7 @@ def main() -> None:
         f"Machine: {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}; torch {mach['torch']}, "
         f"commit {mach['git_commit']}. {args.dataset}, LM {args.llm} (default mode dtype {args.dtype}), "
         f"{args.batch_size} users x (1 + 3) candidates, {args.steps} timed steps per mode after 1 warm-up, "
-        f"A B A B; {n} items encoded per mode in chunks of {args.encode_chunk}. The reference-equivalent mode "
+        f"modes interleaved; {n} items encoded per mode in chunks of {args.encode_chunk}. The reference-equivalent mode "
         "is described in benchmarks/bench_vs_reference.py.", "",
         markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "train_x_reference", "items_per_s",
                               "encode_x_reference", "peak_rss_mb"]), "",
