@@ -223,6 +223,8 @@ def main() -> None:
         return
     if not (a.srec and a.srec_evals):
         ap.error("--reference needs --srec and --srec-evals")
+    if len(a.lockstep) > 1:
+        ap.error("with --reference the table takes one --lockstep JSON (several: a lockstep-only report)")
     if len(a.srec) != len(a.srec_evals):
         ap.error("give one --srec-evals file per --srec run")
     refs = [json.loads(p.read_text()) for p in a.reference]

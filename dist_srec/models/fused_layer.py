@@ -21,9 +21,9 @@ outside the graphs, in the function the model is configured with (`attn_implemen
 cache is updated between the two, as the layer's own forward does.
 
 With `recompute_out` (`LLMConfig.selective_checkpointing`) the part after the attention runs again in
-the backward instead of keeping its intermediates. Installed only where it reproduces the layer: the structure is checked, and layer 0's own forward is
-compared with the same math run eagerly on a probe input; anything else (Gemma's (1 + w) norms,
-Qwen3's q/k norms, a GELU MLP) is refused with the reason. The weights are read directly, so not under
+the backward instead of keeping its intermediates. Installed only where it reproduces the layer: the
+structure is checked, and layer 0's own forward is compared with the same math run eagerly on a probe
+input; anything else (Gemma's (1 + w) norms, Qwen3's q/k norms, a GELU MLP) is refused with the reason. The weights are read directly, so not under
 DeepSpeed ZeRO-3 partitioning (whose hooks gather them only for a submodule's own call).
 """
 
@@ -223,7 +223,8 @@ def unfusable(body: nn.Module, layers: nn.ModuleList, device: torch.device | str
     err = _probe(body, layers[0])
     tol = 1e-4 if next(body.parameters()).dtype == torch.float32 else 2e-2
     if not err <= tol:
-        return f"{type(layers[0]).__name__} computes something else than the Llama form (relative difference {err:.2e} on a probe)"
+        return (f"{type(layers[0]).__name__} computes something else than the Llama form "
+                f"(relative difference {err:.2e} on a probe)")  # fmt: skip
     if torch.device(device).type == "cpu" and not any(
         shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")
     ):

@@ -51,9 +51,9 @@ class LLMConfig:
     selective_checkpointing: bool = False
     """Recompute only each layer's part after the attention (o projection, residual, RMSNorm, MLP) in the
     backward, keeping the rest: a SmolLM2 CPU step held 3.0 GB instead of 4.9 and took 15-19% longer
-    (full `activation_checkpointing`: 2.2 GB, 27-34% longer; benchmarks/results/vs_reference_ml-100k.md). Needs the fused layers (`compile_layers`
-    with `compile_scope` `auto` or `layers`); where `auto` leaves the layers eager it is off, with a
-    warning."""
+    (full `activation_checkpointing`: 2.2 GB, 27-34% longer; benchmarks/results/vs_reference_ml-100k.md).
+    Needs the fused layers (`compile_layers` with `compile_scope` `auto` or `layers`); where `auto`
+    leaves the layers eager it is off, with a warning."""
     compile_layers: bool = True
     """`torch.compile` the elementwise work around the GEMMs of every decoder layer (regional
     compilation): what is compiled is `compile_scope`. Costs compile time on the first passes (tens of
