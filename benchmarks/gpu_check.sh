@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check: one script, under 8 minutes on one H200, results into the directory given.
+# The prepared GPU check: one script, under 8 minutes on one H200 (each step has its own time limit), results into the directory given.
 #
 #   bash benchmarks/gpu_check.sh prepare           # here, once: .gpu_carry/ (SmolLM2's config + tokenizer)
 #   bash benchmarks/gpu_check.sh OUT               # on the GPU machine (carry .gpu_carry): the real check
@@ -11,6 +11,9 @@
 #   3. gpu_step      a SmolLM2-135M-architecture train step and catalog encoding in bf16, torch and
 #                    Triton paths: samples/s, items/s, peak memory, loss and gradient parity
 #                    (benchmarks/bench_gpu_step.py; random weights: real ones exceed the 64 MiB carry)
+#   4. fused_step    the same step with the default fused compiled decoder layers (compile_layers) against
+#                    eager ones: samples/s, items/s, loss and gradient parity (a separate step, so that a
+#                    compile failure on CUDA keeps step 3's numbers)
 # The GPU machine has torch, triton, transformers, pytest and pyarrow and no package index; nothing else
 # is needed. The source tree is staged as an installed package would lay it out (kernels/ ->
 # dist_srec/kernels/), so no build or install runs there.
@@ -55,11 +58,13 @@ if [[ "$DRY" == "--dry-run" ]]; then
     TESTS=(tests/kernels -q -k "dispatch or paths_train_step or distill_loss")
     KERNELS=(--quick --no-compile --repeats 1 --ops distill_loss)
     STEP=(--llm tiny --device cpu --dtype float32 --steps 1 --warmup 0 --items 64)
+    FUSED=(--llm tiny --device cpu --dtype float32 --steps 1 --warmup 1 --items 64)
     export TRITON_INTERPRET=1  # the Triton path of the step runs in the interpreter on CPU
 else
     TESTS=(tests/kernels -q)
     KERNELS=(--repeats 10)
     STEP=(--lm-config "$CARRY/smollm2-135m" --device cuda --dtype bfloat16 --steps 10 --warmup 3 --items 3706)
+    FUSED=(--lm-config "$CARRY/smollm2-135m" --device cuda --dtype bfloat16 --steps 10 --warmup 3 --items 3706)
     [[ -f "$CARRY/smollm2-135m/config.json" ]] || echo "missing $CARRY/smollm2-135m: run 'gpu_check.sh prepare' and carry .gpu_carry" | tee -a "$LOG"
 fi
 
@@ -79,6 +84,8 @@ step kernel_tests 150 "$PY" -m pytest "${TESTS[@]}" -p no:cacheprovider --junitx
 step bench_kernels 200 "$PY" benchmarks/bench_kernels.py "${KERNELS[@]}" --name gpu_check_kernels
 cp benchmarks/results/gpu_check_kernels.json benchmarks/results/gpu_check_kernels.md "$OUT/" 2>/dev/null
 step gpu_step 150 "$PY" benchmarks/bench_gpu_step.py "${STEP[@]}" --out "$OUT/gpu_step.json" --work "$STAGE/work"
+step fused_step 150 "$PY" benchmarks/bench_gpu_step.py "${FUSED[@]}" --paths torch,fused \
+    --out "$OUT/fused_step.json" --work "$STAGE/work"
 
 "$PY" - "$OUT/summary.json" "$DRY" "$STEPS" <<'EOF'
 import json, sys

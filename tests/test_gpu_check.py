@@ -1,6 +1,7 @@
-"""The prepared GPU check (`benchmarks/gpu_check.sh`) in its CPU dry-run mode: the same three steps
-(kernel tests, kernel benchmark, a train step on both kernel paths) on small settings, so that the
-script a GPU session runs cannot rot between GPU sessions."""
+"""The prepared GPU check (`benchmarks/gpu_check.sh`) in its CPU dry-run mode: the same four steps
+(kernel tests, kernel benchmark, a train step on both kernel paths, the step with fused compiled
+decoder layers) on small settings, so that the script a GPU session runs cannot rot between GPU
+sessions."""
 
 from __future__ import annotations
 
@@ -28,11 +29,15 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert (
         summary["ok"]
         and summary["dry_run"]
-        and set(summary["steps"]) == {"kernel_tests", "bench_kernels", "gpu_step"}
+        and set(summary["steps"]) == {"kernel_tests", "bench_kernels", "gpu_step", "fused_step"}
     )
     assert 'failures="0"' in (out / "kernel_tests.xml").read_text()
     kernels = json.loads((out / "gpu_check_kernels.json").read_text())
     assert kernels["rows"] and not any("error" in r for r in kernels["rows"])
     step = json.loads((out / "gpu_step.json").read_text())
-    assert [r["path"] for r in step["rows"]] == ["torch", "triton"] and step["parity"]["ok"]
-    assert all(r["samples_per_s"] > 0 and r["items_per_s"] > 0 for r in step["rows"])
+    assert [r["path"] for r in step["rows"]] == ["torch", "triton"] and step["parity"]["triton"]["ok"]
+    fused = json.loads((out / "fused_step.json").read_text())
+    assert [r["path"] for r in fused["rows"]] == ["torch", "fused"] and fused["parity"]["fused"]["ok"]
+    # the fused row ran on fused layers, every one of them; the torch row on none
+    assert [r["layers_fused"] for r in fused["rows"]] == [0, fused["lm"]["layers"]]
+    assert all(r["samples_per_s"] > 0 and r["items_per_s"] > 0 for r in step["rows"] + fused["rows"])

@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=None, help="dist-srec prepared data dir (for --candidates dist-srec)"
     )
     ap.add_argument("--eval_seed", type=int, default=42)
+    ap.add_argument(
+        "--no_distill",
+        action="store_true",
+        help="the no-distillation ablation: the reference's MSE term is replaced by zero at run time "
+        "(its uniformity terms stay, as in dist-srec's --model.loss.distill false)",
+    )
     ap.add_argument("--teacher_mode", choices=["train", "eval"], default="train",
                     help="train: as the reference's loop (model.train() also sets its SASRec teacher to train "
                     "mode, so the distillation target has dropout); eval: the teacher without dropout")  # fmt: skip
@@ -127,20 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     if a.load_epoch is not None:
         model.load_model(args, phase2_epoch=a.load_epoch)  # the reference's own loader of its saved heads
         a.steps = 0
+    if a.no_distill:  # not the reference: its match loss keeps only the two uniformity terms
+        model.llm.mse = lambda x, y: (x * 0.0).sum()
     model.train()
     if a.teacher_mode == "eval":  # not the reference: its loop leaves the teacher in train mode (dropout)
         model.recsys.model.eval()
-    for step, data in enumerate(train_loader):
-        if step >= a.steps:
-            break
-        u, seq, pos, neg = (x.numpy() for x in data)
-        t = time.perf_counter()
-        model([u, seq, pos, neg], optimizer=opt, batch_iter=[1, 11, step, num_batch], mode="phase2")
-        step_s.append(time.perf_counter() - t)
+    epoch = 0
+    while len(step_s) < a.steps:  # as its loop: a fresh shuffle every epoch, steps counted within one
+        epoch += 1
+        for step, data in enumerate(train_loader):
+            if len(step_s) >= a.steps:
+                break
+            u, seq, pos, neg = (x.numpy() for x in data)
+            t = time.perf_counter()
+            model([u, seq, pos, neg], optimizer=opt, batch_iter=[epoch, 11, step, num_batch], mode="phase2")
+            step_s.append(time.perf_counter() - t)
 
     result: dict = {
         "reference": str(ref), "name": a.name, "llm_path": a.llm_path, "llm_dtype": a.llm_dtype,
         "autocast_dtype": a.autocast_dtype, "threads": a.threads, "seed": a.seed, "teacher_mode": a.teacher_mode,
+        "no_distill": a.no_distill, "lr": a.lr, "epochs_started": epoch,
         "users": usernum, "items": itemnum, "num_batch": num_batch, "trainable_params": trainable,
         "build_s": round(t_build, 2), "train_steps": len(step_s), "step_s": [round(s, 2) for s in step_s],
         "losses_retrieval_match": losses,
@@ -206,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             "recomputed_ndcg@10_reference_rule": ndcg10(np.array(ref_rank)),
             "recomputed_ndcg@10_pessimistic": ndcg10(np.array(pess)),
             "recomputed_ndcg@10_fp32_products_pessimistic": ndcg10(np.array(fp32_pess)),
+            "recomputed_hr@10_pessimistic": float((np.array(pess) < 10).mean()),
+            "ranks_pessimistic": pess,  # per test user, in user-id order: any rank metric can be recomputed
             "users_with_a_tie_at_the_target": ties,
             "users_whose_negatives_include_the_target": dup,
             "score_dtype": str(uv.dtype),
