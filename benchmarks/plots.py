@@ -6,7 +6,7 @@
     lm_memory*        one rank's peak RSS and pass time by ZeRO stage and mmap threshold
     lm_levers*        speed-up of each LM lever against the default path, per shape
     quality_*         validation NDCG@10 against steps, per run (the teacher as a line)
-    fidelity_*        train loss terms step by step, dist-srec and the paper's code
+    fidelity_*        retrieval CE by step, dist-srec and the paper's code: independent runs and lockstep
 """
 
 from __future__ import annotations
@@ -131,18 +131,40 @@ def quality(doc: dict[str, Any], out: Path) -> Path | None:
 
 
 def fidelity(doc: dict[str, Any], out: Path) -> Path | None:
-    curves = doc.get("curves", {})
-    if not curves:
+    """Retrieval CE of the independent runs (the reference per step, one line per seed; dist-srec as
+    means over its logging intervals, drawn at each interval's last step) and of the lockstep run."""
+    curves = doc.get("curves") or {}
+    lock = doc.get("lockstep")
+    lock = lock[0] if isinstance(lock, list) and lock else lock  # a lockstep-only report holds a list
+    ref, ours = curves.get("reference") or [], curves.get("dist-srec") or []
+    runs = bool(ref or ours)
+    if not (runs or lock):
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for side, c in curves.items():
-        for ax, term in zip(axes, ("retrieval", "match")):
-            ax.plot(range(1, len(c[term]) + 1), c[term], label=side, lw=1)
-    for ax, term in zip(axes, ("retrieval CE", "MSE + uniformity")):
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(f"train {term}")
-        ax.grid(alpha=0.3)
+    panels = int(runs) + int(bool(lock))
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    if runs:
+        ax = axes[0][0]
+        for k, c in enumerate(ref):
+            ax.plot(range(1, len(c) + 1), c, color="tab:blue", alpha=0.5, lw=0.8,
+                    label="reference, per step" if k == 0 else None)  # fmt: skip
+        for k, c in enumerate(ours):
+            ax.plot([x for x, _ in c], [y for _, y in c], color="tab:orange", marker="o", ms=3, ls="--",
+                    label="dist-srec, mean per logging interval" if k == 0 else None)  # fmt: skip
+        ax.set(
+            yscale="log", xlabel="step", ylabel="retrieval CE", title="independent runs, one line per seed"
+        )
+        ax.legend(fontsize=7)
+    if lock:
+        ax = axes[0][int(runs)]
+        ax.plot(lock["curves"]["reference"], color="tab:blue", label="reference")
+        ax.plot(lock["curves"]["dist-srec"], color="tab:orange", ls="--", label="dist-srec")
+        ax.set(
+            yscale="log",
+            xlabel="step",
+            ylabel="retrieval CE",
+            title="lockstep: same heads, batches, negatives",
+        )
         ax.legend(fontsize=7)
     return _save(fig, out)
 

@@ -53,10 +53,13 @@ def budget_note(st: TrainState, cfg: SRecRunConfig, manifest: dict) -> str:
         f"({st.stopped or 'done'}), {cfg.llm.path} read at {layers}, lr {cfg.loop.lr:g}, "
         f"warm-up {cfg.loop.warmup_steps} steps."
     ]
-    sides = read_json(FIDELITY).get("seed_spread") if FIDELITY.is_file() else None
+    doc = read_json(FIDELITY) if FIDELITY.is_file() else {}
+    sides = doc.get("seed_spread")
     if isinstance(sides, dict) and all(isinstance(v, dict) and "mean" in v for v in sides.values()):
+        names = {"recipe": f"recipe ({doc['recipe']})"} if doc.get("recipe") else {}
         lines.append(f"Committed full-length results ({FIDELITY.relative_to(FIDELITY.parents[2])}, all test users): "
-                     + "; ".join(f"{k} {v['mean']:.3f} +- {v['std']:.3f} over {v['seeds']} seeds" for k, v in sides.items())
+                     + "; ".join(f"{names.get(k, k)} {v['mean']:.3f} +- {v['std']:.3f} over {v['seeds']} seeds"
+                                 for k, v in sides.items())
                      + " sampled NDCG@10.")  # fmt: skip
     else:
         lines.append(

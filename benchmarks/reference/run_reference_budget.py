@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         model.load_model(args, phase2_epoch=a.load_epoch)  # the reference's own loader of its saved heads
         a.steps = 0
     if a.no_distill:  # not the reference: its match loss keeps only the two uniformity terms
-        model.llm.mse = lambda x, y: (x * 0.0).sum()
+        model.llm.mse.forward = lambda x, y: (x * 0.0).sum()  # an nn.MSELoss: its forward, not the module
     model.train()
     if a.teacher_mode == "eval":  # not the reference: its loop leaves the teacher in train mode (dropout)
         model.recsys.model.eval()
@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             "recomputed_ndcg@10_pessimistic": ndcg10(np.array(pess)),
             "recomputed_ndcg@10_fp32_products_pessimistic": ndcg10(np.array(fp32_pess)),
             "recomputed_hr@10_pessimistic": float((np.array(pess) < 10).mean()),
-            "ranks_pessimistic": pess,  # per test user, in user-id order: any rank metric can be recomputed
+            "recomputed_hr@10_fp32_products_pessimistic": float((np.array(fp32_pess) < 10).mean()),
+            # per test user, in user-id order: any rank metric can be recomputed
+            "ranks_pessimistic": pess,
+            "ranks_fp32_products_pessimistic": fp32_pess,
             "users_with_a_tie_at_the_target": ties,
             "users_whose_negatives_include_the_target": dup,
             "score_dtype": str(uv.dtype),

@@ -72,7 +72,7 @@ def test_the_demo_runs_from_its_committed_run_files() -> None:
         s.llm.path == "smollm2"
         and s.loop.time_budget_s == 420
         and s.loop.max_steps == 4
-        and s.loop.lr == 1e-4
+        and (s.llm.num_layers, s.loop.lr, s.loop.warmup_steps, s.loop.epochs) == (8, 1e-3, 10, 2)
     )
 
 
