@@ -15,12 +15,13 @@ do not fit the 64 MiB a GPU check may carry.
 Paths (`--paths`, in order): `torch` and `triton` are the kernel paths on eager decoder layers; `fused`
 is the torch kernel path on a second build of the same LM whose decoder layers run as the compiled
 fused functions (`LLMConfig.compile_layers`, `compile_scope="layers"`: a layer that cannot be fused is
-an error here, not a silent eager fallback). Per path: `--warmup` untimed and `--steps` timed steps
-(loss, backward, Adam on the heads; the fused path's compile falls in the warm-up), then one untimed encoding of up to 512 items (the fused path compiles
-its no-grad graphs there) and one timed encoding of the whole synthetic catalog. Parity, against `torch`: the same batch, negatives and initial heads;
-the largest relative difference of the loss terms and of each head's gradient, checked against
-`--rtol`. On CPU the Triton path runs in triton's interpreter (set TRITON_INTERPRET=1): a correctness
-run, whose times mean nothing.
+an error here, not a silent eager fallback; each row counts its fused layers). Per path: `--warmup`
+untimed and `--steps` timed steps (loss, backward, Adam on the heads; the fused path compiles in the
+warm-up), one untimed encoding of up to 512 items (where the fused path compiles its no-grad graphs)
+and one timed encoding of the whole synthetic catalog. Parity, against `torch`: the same batch,
+negatives and initial heads; the largest relative difference of the loss terms and of each head's
+gradient (on the scale of the largest gradient), checked against `--rtol`. On CPU the Triton path runs
+in triton's interpreter (set TRITON_INTERPRET=1): a correctness run, whose times mean nothing.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def run_path(
 ) -> dict[str, Any]:
     from dist_srec.eval.tables import encode_catalog
     from dist_srec.kernels._dispatch import force_kernel_path
+    from dist_srec.models.lm_levers import decoder_layers
 
     dev = torch.device(args.device)
     kernel_path = "torch" if path == "fused" else path
@@ -162,8 +164,6 @@ def run_path(
         enc_s = time.perf_counter() - t0
         model.train()
     model.heads.load_state_dict(state)
-    from dist_srec.models.lm_levers import decoder_layers
-
     # layers whose forward was replaced (the fused graphs): what the `fused` path claims, counted
     row["layers_fused"] = sum("forward" in vars(layer) for layer in decoder_layers(model.lm.body))
     times.sort()

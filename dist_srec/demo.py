@@ -11,9 +11,10 @@ Stages, each reused when its output is already there (a re-run finishes in secon
 The budget is sized for about 15 minutes on 2 CPU cores (the run files `configs/demo_*.yaml`). LLM-SRec
 reads SmolLM2 at its 8th of 30 layers, with lr 1e-3 after a 10-step warm-up, for 2 epochs: the recipe
 of benchmarks/results/fidelity_ml-100k_budget.md. A step (20 users + 80 item prompts through 8 layers,
-forward and backward) takes about 2.5 s on a 2-core CPU with native bf16; on one without it, the 420 s
-step budget stops it before the 2 epochs end. It is evaluated on a user subset: the demo is a run of
-the real pipeline, not a quality result (the committed 4-seed results are printed beside its table).
+forward and backward) took about 2.5 s on a 2-core Intel Xeon with AMX; where a step is slower, the
+420 s step budget may stop it before the 2 epochs end (the note under the table says how many steps it
+trained). It is evaluated on a user subset: the demo is a run of the real pipeline, not a quality
+result (the committed 4-seed results are printed beside its table).
 SmolLM2's weights are 4-bit GGUF dequantized on load, so its numbers are not those of the original
 checkpoint.
 """

@@ -157,7 +157,7 @@ def recipe_rows(refs: list[dict], ours: list[dict], recipe: list[dict]) -> list[
         out.append({"metric": metric, "seeds (ref, ours, recipe)": f"{r['seeds']}, {o['seeds']}, {m['seeds']}",
                     "reference": r["mean"], "dist-srec": o["mean"], "recipe": m["mean"],
                     "recipe / reference - 1": m["mean"] / r["mean"] - 1,
-                    "recipe - reference in SE": (m["mean"] - r["mean"]) / math.hypot(r["se"], m["se"]),
+                    "recipe - reference in SE": (m["mean"] - r["mean"]) / (math.hypot(r["se"], m["se"]) or math.nan),
                     "recipe / dist-srec - 1": m["mean"] / o["mean"] - 1})  # fmt: skip
     return out
 
