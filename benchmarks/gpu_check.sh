@@ -64,7 +64,7 @@ else
     TESTS=(tests/kernels -q)
     KERNELS=(--repeats 10)
     STEP=(--lm-config "$CARRY/smollm2-135m" --device cuda --dtype bfloat16 --steps 10 --warmup 3 --items 3706)
-    FUSED=(--lm-config "$CARRY/smollm2-135m" --device cuda --dtype bfloat16 --steps 10 --warmup 3 --items 3706)
+    FUSED=("${STEP[@]}")
     [[ -f "$CARRY/smollm2-135m/config.json" ]] || echo "missing $CARRY/smollm2-135m: run 'gpu_check.sh prepare' and carry .gpu_carry" | tee -a "$LOG"
 fi
 

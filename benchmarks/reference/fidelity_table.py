@@ -126,6 +126,16 @@ def ref_key(metric: str) -> str:
     return f"recomputed_{metric}_fp32_products_pessimistic"
 
 
+def ref_spread(docs: list[dict], metric: str) -> dict[str, float]:
+    """`spread` of the reference runs' `metric` (`ref_key`), over the runs that recorded it."""
+    return spread([x for x in (d["eval"].get(ref_key(metric)) for d in docs) if x is not None])
+
+
+def diff_in_se(base: dict[str, float], other: dict[str, float]) -> float:
+    """(other - base) of two `spread`s' means, in SE of the difference over seeds (nan without a spread)."""
+    return (other["mean"] - base["mean"]) / (math.hypot(base["se"], other["se"]) or math.nan)
+
+
 def acceptance(
     refs: list[dict], ours: list[dict], ref_nd: list[dict], ours_nd: list[dict]
 ) -> list[dict[str, Any]]:
@@ -134,13 +144,10 @@ def acceptance(
     out = []
     for variant, rdocs, mine in (("LLM-SRec", refs, ours), ("no-distill", ref_nd, ours_nd)):
         for metric in ("ndcg@10", "hr@10"):
-            theirs = [r["eval"].get(ref_key(metric)) for r in rdocs]
-            theirs = [x for x in theirs if x is not None]
-            if not theirs or not mine:
+            if not mine or not any(r["eval"].get(ref_key(metric)) is not None for r in rdocs):
                 continue
-            r, o = spread(theirs), spread([m[metric] for m in mine])
-            diff_se = math.hypot(r["se"], o["se"])
-            z = (o["mean"] - r["mean"]) / diff_se if diff_se > 0 else float("nan")
+            r, o = ref_spread(rdocs, metric), spread([m[metric] for m in mine])
+            z = diff_in_se(r, o)
             out.append({"variant": variant, "metric": metric, "seeds (ref, ours)": f"{r['seeds']}, {o['seeds']}",
                         "reference": r["mean"], "dist-srec": o["mean"], "difference": o["mean"] - r["mean"],
                         "in SE": z, "within 2 SE": bool(abs(z) <= 2)})  # fmt: skip
@@ -152,12 +159,12 @@ def recipe_rows(refs: list[dict], ours: list[dict], recipe: list[dict]) -> list[
     the recipe's relative gain over each, and its difference from the reference in SE over seeds."""
     out = []
     for metric in ("ndcg@10", "hr@10"):
-        r = spread([x for x in (d["eval"].get(ref_key(metric)) for d in refs) if x is not None])
+        r = ref_spread(refs, metric)
         o, m = spread([x[metric] for x in ours]), spread([x[metric] for x in recipe])
         out.append({"metric": metric, "seeds (ref, ours, recipe)": f"{r['seeds']}, {o['seeds']}, {m['seeds']}",
                     "reference": r["mean"], "dist-srec": o["mean"], "recipe": m["mean"],
                     "recipe / reference - 1": m["mean"] / r["mean"] - 1,
-                    "recipe - reference in SE": (m["mean"] - r["mean"]) / (math.hypot(r["se"], m["se"]) or math.nan),
+                    "recipe - reference in SE": diff_in_se(r, m),
                     "recipe / dist-srec - 1": m["mean"] / o["mean"] - 1})  # fmt: skip
     return out
 
@@ -258,6 +265,7 @@ def main() -> None:
     refs = [json.loads(p.read_text()) for p in a.reference]
     ref_nd = [json.loads(p.read_text()) for p in a.reference_nodistill]
     ours = [srec_metrics(p) for p in a.srec_evals]
+    ours_llmsrec = [m["llm-srec"] for m in ours]
     rows: list[dict[str, Any]] = []
     for label, docs in (("LLM-SRec", refs), ("no-distill", ref_nd)):
         for r in docs:
@@ -294,17 +302,17 @@ def main() -> None:
         r["ndcg@10 SE (users)"] = se(r["ndcg@10"], r["users"])
 
     sides = {"reference": spread([r["eval"][ref_key("ndcg@10")] for r in refs]),
-             "dist-srec": spread([m["llm-srec"]["ndcg@10"] for m in ours])}  # fmt: skip
+             "dist-srec": spread([m["ndcg@10"] for m in ours_llmsrec])}  # fmt: skip
     if recipe:
         sides["recipe"] = spread([m["ndcg@10"] for m in recipe])
-    accept = acceptance(refs, [m["llm-srec"] for m in ours], ref_nd, nodistill)
+    accept = acceptance(refs, ours_llmsrec, ref_nd, nodistill)
     diff = sides["dist-srec"]["mean"] - sides["reference"]["mean"]
-    diff_se = math.hypot(sides["reference"]["se"], sides["dist-srec"]["se"])
+    diff_z = diff_in_se(sides["reference"], sides["dist-srec"])
     lock = lockstep_summary(json.loads(a.lockstep[0].read_text())) if a.lockstep else None
     ref_curves = [[x[0] for x in r["losses_retrieval_match"]] for r in refs]
     our_curves = [block_means(p)["retrieval"] for p in a.srec]
     payload = {"benchmark": "fidelity", "settings": a.settings, "machine": machine(), "rows": rows,
-               "seed_spread": sides, "ndcg@10_difference_of_seed_means": diff, "difference_in_seed_se": diff / diff_se,
+               "seed_spread": sides, "ndcg@10_difference_of_seed_means": diff, "difference_in_seed_se": diff_z,
                "lockstep": lock, "recipe": a.recipe or None, "acceptance": accept,
                "curves": {"reference": ref_curves, "dist-srec": our_curves},
                "sources": {k: (list(map(str, v)) if isinstance(v, list) else str(v)) for k, v in vars(a).items()}}  # fmt: skip
@@ -318,7 +326,7 @@ def main() -> None:
                               "ndcg@10 (its tie rule)", "hr@10 (its tie rule)", "users"]), "",
         "Sampled NDCG@10 (pessimistic ties, same candidates) over training seeds:", "",
         markdown_table(spread_rows, ["side", "seeds", "mean", "std", "se", "min", "max"]), "",
-        f"dist-srec minus reference, seed means: {diff:+.4f} NDCG@10 = {diff / diff_se:+.2f} SE of the difference "
+        f"dist-srec minus reference, seed means: {diff:+.4f} NDCG@10 = {diff_z:+.2f} SE of the difference "
         "(SE over seeds; the SE over users is smaller).",
     ]  # fmt: skip
     if accept:
@@ -326,7 +334,7 @@ def main() -> None:
                markdown_table(accept, ["variant", "metric", "seeds (ref, ours)", "reference", "dist-srec",
                                        "difference", "in SE", "within 2 SE"])]  # fmt: skip
     if recipe:
-        table = recipe_rows(refs, [m["llm-srec"] for m in ours], recipe)
+        table = recipe_rows(refs, ours_llmsrec, recipe)
         payload["recipe_comparison"] = table
         payload["recipe_relative_gain_over_reference"] = table[0]["recipe / reference - 1"]
         payload["recipe_difference_in_seed_se"] = table[0]["recipe - reference in SE"]
