@@ -8,6 +8,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from dist_srec.cli.command import Command, parser
 from dist_srec.config import from_namespace
+from dist_srec.errors import ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher, evaluate_teacher_run
 from dist_srec.storage import run_dir_of
 from dist_srec.train.teacher import TeacherRunConfig, run_teacher
@@ -54,6 +55,8 @@ def _evaluate_parser() -> ArgumentParser:
     p.add_argument("--protocol", type=str, default="both", choices=["sampled", "full", "both"])
     p.add_argument("--exclude_history", type=str, default="both", choices=["yes", "no", "both"],
                    help="full ranking: drop the user's history items (both: report each)")  # fmt: skip
+    p.add_argument("--exclude_last", type=int, default=0,
+                   help="with --exclude_history: drop only the last k history items (0 = all; HSTU's protocol: 200)")  # fmt: skip
     p.add_argument("--eval_users", type=int, default=0, help="seeded user subset (0 = all)")
     p.add_argument("--eval_negatives", type=int, default=99, help="sampled protocol: negatives per user")
     p.add_argument("--seed", type=int, default=42)
@@ -66,10 +69,12 @@ def _evaluate_parser() -> ArgumentParser:
 def _evaluate(p: ArgumentParser, a: Namespace) -> int:
     protocols = ("sampled", "full") if a.protocol == "both" else (a.protocol,)
     excl = {"yes": (True,), "no": (False,), "both": (False, True)}[a.exclude_history]
+    if a.exclude_last and a.exclude_history == "no":
+        raise ConfigError("--exclude_last needs --exclude_history yes or both")
     out = a.results or run_dir_of(a.ckpt) / f"results-{a.split}.json"
     records = evaluate_teacher(
-        a.ckpt, a.data, split=a.split, protocols=protocols, exclude_history=excl, num_users=a.eval_users,
-        num_negatives=a.eval_negatives, seed=a.seed, batch_size=a.batch_size, out=out,
+        a.ckpt, a.data, split=a.split, protocols=protocols, exclude_history=excl, exclude_last=a.exclude_last,
+        num_users=a.eval_users, num_negatives=a.eval_negatives, seed=a.seed, batch_size=a.batch_size, out=out,
     )  # fmt: skip
     print_records(records)
     print(f"wrote {out}")
@@ -79,9 +84,9 @@ def _evaluate(p: ArgumentParser, a: Namespace) -> int:
 def print_records(records: list[dict[str, Any]]) -> None:
     for r in records:
         p = r["protocol"]
-        name = p["protocol"] + (
-            " (history excluded)" if p["protocol"] == "full" and p["exclude_history"] else ""
-        )
+        what = f"last {p['exclude_last']} history items" if p.get("exclude_last") else "history"
+        excluded = p["protocol"] == "full" and p["exclude_history"]
+        name = p["protocol"] + (f" ({what} excluded)" if excluded else "")
         shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(r["metrics"].items()))
         print(f"{p['split']} {name}: {shown}  [{r['counts']['evaluated_users']} users]")
 

@@ -55,6 +55,9 @@ class EvalProtocol:
     """Evaluate a seeded random subset of this many users (0 = all users)."""
     exclude_history: bool = False
     """full: drop the user's history items from the ranking."""
+    exclude_last: int = 0
+    """full, with exclude_history: drop only the last k history items (0 = the whole history). HSTU's
+    published ML-1M numbers drop the last 200 (its `past_ids`), so k = 200 reproduces that protocol."""
     chunk_size: int = DEFAULT_CHUNK
     """full: items scored at a time."""
     ks: tuple[int, ...] = DEFAULT_KS
@@ -71,6 +74,10 @@ class EvalProtocol:
     def __post_init__(self) -> None:
         if self.protocol not in ("sampled", "full"):
             raise ConfigError(f"config field 'protocol': must be 'sampled' or 'full', got {self.protocol!r}")
+        if self.exclude_last < 0:
+            raise ConfigError(f"config field 'exclude_last': must be >= 0, got {self.exclude_last}")
+        if self.exclude_last and not self.exclude_history:
+            raise ConfigError("config field 'exclude_last': set only with exclude_history")
         for name in ("num_negatives", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}': must be >= 1, got {getattr(self, name)}")
@@ -214,9 +221,8 @@ def evaluate_full(
             continue
         sub = select_rows(batch, keep)
         user_vecs = user_vec_fn(sub).to(item_vecs.device)
-        exclude = (
-            Exclusion.from_history(sub["history"].to(item_vecs.device)) if protocol.exclude_history else None
-        )
+        history = sub["history"][:, -protocol.exclude_last :] if protocol.exclude_last else sub["history"]
+        exclude = Exclusion.from_history(history.to(item_vecs.device)) if protocol.exclude_history else None
         ranks = chunked_target_rank(
             user_vecs,
             item_vecs,

@@ -88,6 +88,7 @@ def evaluate_teacher(
     split: str = "test",
     protocols: tuple[str, ...] = ("sampled", "full"),
     exclude_history: tuple[bool, ...] = (False, True),
+    exclude_last: int = 0,
     num_users: int = 0,
     num_negatives: int = 99,
     seed: int = 42,
@@ -96,7 +97,8 @@ def evaluate_teacher(
     ctx: TrainContext | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate a teacher checkpoint; one record per protocol (full: per exclusion flag); rank 0 writes `out`."""
+    """Evaluate a teacher checkpoint; one record per protocol (full: per exclusion flag); rank 0 writes `out`.
+    `exclude_last` > 0 drops only the last k history items where the history is excluded (HSTU: 200)."""
 
     ctx = ctx or TrainContext()
     cat = Catalog.load(data_dir)
@@ -110,7 +112,7 @@ def evaluate_teacher(
         for excl in exclude_history if name == "full" else (False,):
             proto = EvalProtocol(
                 protocol=name, split=split, seed=seed, num_users=num_users, exclude_history=excl,
-                num_negatives=num_negatives,
+                exclude_last=exclude_last if excl else 0, num_negatives=num_negatives,
             )  # fmt: skip
             metrics = evaluate_model(
                 model, data_dir, proto, user_items=user_items, num_users=cat.num_users, batch_size=batch_size,

@@ -53,7 +53,11 @@ def _test_metrics(run: Path) -> dict[str, float]:
     if teacher.is_file():
         for r in read_json(teacher):
             p = r["protocol"]
-            tag = p["protocol"] + ("_excl" if p.get("exclude_history") else "")
+            tag = (
+                p["protocol"]
+                + ("_excl" if p.get("exclude_history") else "")
+                + str(p.get("exclude_last") or "")
+            )
             out[f"test_{tag}_ndcg@10"] = r["metrics"]["ndcg@10"]
     elif srec.is_file():
         report = read_json(srec).get("report", {}).get("llm-srec", {})

@@ -131,7 +131,7 @@ def test_full_protocol_matches_brute_force_and_exclusion() -> None:
     g = torch.Generator().manual_seed(0)
     user_table, items = torch.randn(N_USERS + 1, 8, generator=g), torch.randn(N_ITEMS + 1, 8, generator=g)
 
-    def expected(exclude: bool) -> list[int]:
+    def expected(exclude: bool, last: int = 0) -> list[int]:
         ranks = []
         for b in batches:
             for j in range(len(b["user"])):
@@ -143,19 +143,24 @@ def test_full_protocol_matches_brute_force_and_exclusion() -> None:
                 keep[t - 1] = False
                 if exclude:
                     h = b["history"][j]
-                    keep[h[h > 0] - 1] = False
+                    h = h[h > 0][-last:] if last else h[h > 0]  # the last k real items
+                    keep[h - 1] = False
                 ranks.append(int((s[keep] >= s[t - 1]).sum()))
         return ranks
 
-    for exclude in (False, True):
+    cases = [(False, 0), (True, 0), (True, 5), (True, 50)]  # last 5: shorter than most histories
+    assert expected(True, 5) != expected(True, 0)  # the window is a different protocol on this data
+    for exclude, last in cases:
         for chunk in (7, 300):
-            proto = EvalProtocol(protocol="full", exclude_history=exclude, chunk_size=chunk)
+            proto = EvalProtocol(
+                protocol="full", exclude_history=exclude, exclude_last=last, chunk_size=chunk
+            )
             m = finalize(
                 evaluate_full(
                     lambda b: user_table[b["user"]], items, batches, num_users=N_USERS, protocol=proto
                 )
             )
-            r = np.array(expected(exclude))
+            r = np.array(expected(exclude, last))
             assert m["count"] == len(r)
             assert m["hr@10"] == pytest.approx(float((r < 10).mean()))
             assert m["mrr"] == pytest.approx(float((1 / (r + 1)).mean()))
@@ -166,6 +171,10 @@ def test_protocol_validation_and_result_file(tmp_path) -> None:
         EvalProtocol(protocol="bogus")
     with pytest.raises(ConfigError, match="'num_negatives'"):
         EvalProtocol(protocol="sampled", num_negatives=0)
+    with pytest.raises(ConfigError, match="'exclude_last'"):
+        EvalProtocol(protocol="full", exclude_history=True, exclude_last=-1)
+    with pytest.raises(ConfigError, match="'exclude_last'"):
+        EvalProtocol(protocol="full", exclude_last=200)  # a window without exclusion is a typo
     proto = EvalProtocol(protocol="sampled", seed=5)
     rec = result_record(
         {"ndcg@10": 0.5, "count": 10.0}, proto, model="sasrec", checkpoint="ck", checkpoint_sha256="ab",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dist_srec.cli.main import parse
-from dist_srec.errors import CheckpointError
+from dist_srec.errors import CheckpointError, ConfigError
 from dist_srec.inference.evaluate import evaluate_teacher
 from tests.train.helpers import prepared_catalog
 
@@ -48,6 +48,14 @@ def test_pretrain_and_evaluate_from_the_cli(tmp_path: Path, capsys: pytest.Captu
     assert _cli(ev) == 0
     assert "valid sampled" in capsys.readouterr().out
     assert json.loads(out.read_text())[0]["protocol"]["split"] == "valid"
+    # HSTU's protocol: only the last k history items masked; a window without masking is refused
+    window = ["evaluate-teacher", "--ckpt", str(run / "best"), "--data", str(data), "--protocol", "full",
+              "--exclude_history", "yes", "--exclude_last", "3", "--results", str(out)]  # fmt: skip
+    assert _cli(window) == 0
+    assert "full (last 3 history items excluded)" in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["protocol"]["exclude_last"] == 3
+    with pytest.raises(ConfigError, match="--exclude_last needs --exclude_history"):
+        _cli([*window[:-4], "--exclude_history", "no", "--exclude_last", "3"])
 
 
 def test_checkpoint_from_another_catalog_is_refused(tmp_path: Path) -> None:
