@@ -251,8 +251,9 @@ def main() -> None:
         "is described in benchmarks/bench_vs_reference.py.", "",
         markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "train_x_reference", "items_per_s",
                               "encode_x_reference", "peak_rss_mb"]), "",
-        "Modes other than default and reference change one LLMConfig field of the default: "
-        + ", ".join(f"{m} {EXTRA_MODES[m]}" for m in modes if m in EXTRA_MODES) + ".", "",
+        ("Modes other than default and reference change one LLMConfig field of the default: "
+         + ", ".join(f"{m} {EXTRA_MODES[m]}" for m in modes if m in EXTRA_MODES) + "."
+         if any(m in EXTRA_MODES for m in modes) else "No other modes ran."), "",
         f"Ratios (default / reference): train {ratio['train_samples_per_s']:.2f}x (target 4x), encoding "
         f"{ratio['encode_items_per_s']:.2f}x (target 5x); peak RSS {ours['peak_rss_mb']:,.0f} MiB "
         f"(target <= 3,072 MiB per rank).",
