@@ -39,6 +39,8 @@ TEACHER = Path(__file__).resolve().parent / "results" / "quality_ml-1m_teacher"
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "quality_ml-1m.yaml"
 """The base run file of every run (`variant_config`)."""
+EVAL_SEED = 42
+"""Seeds the test users and their candidates, whatever the training seed."""
 VARIANTS = {
     "llm-srec": {"distill": True, "uniformity": True},
     "no-distill": {"distill": False, "uniformity": True},
@@ -60,7 +62,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-users", type=int, default=1000, help="seeded test-user subset (0 = all 6040)")
     p.add_argument("--save-every", type=int, default=5)
     p.add_argument("--llm", default="smollm2")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42,
+                   help="training seed (heads' init, batches, negatives, validation users); the test users and "
+                        "candidates stay seeded by EVAL_SEED, so every row is scored on the same ones")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-4, help="the heads' Adam lr (the paper's 1e-4)")
     p.add_argument("--num-layers", type=int, help="keep only the LM's first k layers (the layer choice)")
     p.add_argument("--dtype", default="auto", help="the LM's dtype (auto: bf16 where the CPU has it)")
@@ -125,7 +129,7 @@ def variant_config(
     from dist_srec.config import load_run_file
     from dist_srec.train.srec_train import SRecRunConfig
 
-    seed = settings.get("seed", 42)
+    seed = row.get("seed", 42)  # the row's own training seed (rows older than --seed tags all ran 42)
     llm = {
         "num_layers": row.get("num_layers"),
         "dtype": row.get("dtype", "auto"),
@@ -170,14 +174,15 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
     cfg = variant_config(
         {"variant": name, "lr": args.lr, "num_layers": args.num_layers, "dtype": args.dtype,
          "num_negatives": args.num_negatives, "title_max_tokens": args.title_max_tokens,
-         "distill_weight": args.distill_weight, "warmup_steps": args.warmup_steps, "steps": args.steps},
+         "distill_weight": args.distill_weight, "warmup_steps": args.warmup_steps, "seed": args.seed,
+         "steps": args.steps},
         vars(args), data=data, teacher=teacher, out=out,
     )  # fmt: skip
     t0 = time.perf_counter()
     state = train_srec(cfg)
     train = {"variant": name, "lr": args.lr, "num_layers": args.num_layers, "dtype": args.dtype,
              "num_negatives": args.num_negatives, "title_max_tokens": args.title_max_tokens, "distill_weight": args.distill_weight,
-             "warmup_steps": args.warmup_steps, "steps": state.global_step, "stopped": state.stopped, "train_s": round(state.elapsed_s, 1),
+             "warmup_steps": args.warmup_steps, "seed": args.seed, "steps": state.global_step, "stopped": state.stopped, "train_s": round(state.elapsed_s, 1),
              "samples": state.samples, "best_valid_ndcg@10": state.best_metric, "best_step": state.best_step,
              "valid_history": state.history}  # fmt: skip
     sha = ckpt_io.model_sha256(out / "best")
@@ -185,7 +190,7 @@ def run_variant(args: argparse.Namespace, name: str, data: Path, teacher: Path) 
     doc = read_json(ev_file) if ev_file.is_file() else {}
     if doc.get("checkpoint_sha256") != sha or doc.get("num_users") != args.eval_users:
         t0 = time.perf_counter()
-        doc = evaluate_srec(out / "best", split="test", num_users=args.eval_users, seed=args.seed,
+        doc = evaluate_srec(out / "best", split="test", num_users=args.eval_users, seed=EVAL_SEED,
                             shuffle_history=True, progress=not args.no_progress)  # fmt: skip
         doc.update(
             checkpoint_sha256=sha, num_users=args.eval_users, eval_s=round(time.perf_counter() - t0, 1)
