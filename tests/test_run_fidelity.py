@@ -45,4 +45,7 @@ def test_dry_run_skips_finished_and_ignores_half_written(tmp_path: Path, capsys)
     assert any(x.startswith("[fidelity] srec_llmsrec_s0:") and " evaluate " in x for x in lines)
     table = next(x for x in lines if x.startswith("[fidelity] table:"))
     assert f"--reference {tmp_path}/ref_llmsrec_s0.json --srec {tmp_path}/srec_llmsrec_s0 " in table
+    (tmp_path / "ref_llmsrec_s0.json").unlink()  # the reference's lr is the run file's
+    main([*ARGS, "--out", str(tmp_path), "--seeds", "0", "--nodistill-seeds", "--dry-run"])
+    assert " --steps 96 --lr 0.001 " in capsys.readouterr().out
     assert not list(tmp_path.glob("*.log"))  # a dry run runs nothing

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "benchmarks" / "configs" / "fidelity_ml-100k.yaml"
-STEPS, LR = 96, 1e-3  # the reference's side of the budget; dist-srec's is in CONFIG (2 epochs, lr 1e-3)
+STEPS = 96  # the reference's side of the budget: CONFIG's 2 epochs of ML-100K's 943 users in steps of 20
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,11 @@ def commands(job: Job, a: argparse.Namespace) -> list[list[str]]:
     """The command lines of one job; each writes its result JSON under a .tmp name first."""
     out, tmp = Path(a.out), str(job.result(Path(a.out))) + ".tmp"
     if job.side == "ref":
+        import yaml
+
+        lr = yaml.safe_load(CONFIG.read_text())["loop"]["lr"]  # one lr for both sides: the run file's
         return [[a.ref_python, str(ROOT / "benchmarks/reference/run_reference_budget.py"), "--ref", a.ref,
-                 "--name", "ml-100k", "--llm_path", a.lm, "--steps", str(STEPS), "--lr", str(LR),
+                 "--name", "ml-100k", "--llm_path", a.lm, "--steps", str(STEPS), "--lr", str(lr),
                  "--seed", str(job.seed), "--eval_users", "-1", "--candidates", "dist-srec", "--data", a.data,
                  "--save_dir", f"fid2_{job.variant}_s{job.seed}", "--threads", str(a.threads), "--out", tmp,
                  *job.extra]]  # fmt: skip
