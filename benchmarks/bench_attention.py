@@ -1,12 +1,19 @@
 """Which attention kernel runs, and how fast forward and backward, at SmolLM2-135M's shapes on this CPU.
 
     .venv/bin/python benchmarks/bench_attention.py            # user prompts: 20 x 352 tokens, bf16
+    .venv/bin/python benchmarks/bench_attention.py --batch 80 --tokens 32 --head-tokens 10 \
+        --name attention_cpu_short                            # a training step's item prompts
 
 Shapes: B prompts of T tokens, 9 query and 3 key/value heads of 64 (SmolLM2-135M), and the prompt-head
 case (queries after a cached P-token head, keys over all T). Variants: SDPA with GQA (`enable_gqa`) or
 with `repeat_kv`, causal (`is_causal`) or with a boolean mask, as transformers calls it with and without
-a mask; and the explicit math path (two batched GEMMs and a softmax in fp32 or bf16), whose GEMMs go
-through oneDNN. Best of `--repeats` after 2 warm-ups; the kernel names come from the torch profiler.
+a mask; the explicit math path (two batched GEMMs and a softmax in fp32 or bf16), whose GEMMs go
+through oneDNN; `dist_srec.models.fused_layer.math_attention` (fp32 softmax, bf16 probabilities: what
+`LLMConfig.math_attention_max_keys` selects for short prompts); and
+`flex_attention` compiled with a causal block mask. Where a variant has no backward on this device
+(flex_attention on CPU, torch <= 2.13), its forward is timed without grad and the row says why the
+backward is missing. Best of `--repeats` after 2 warm-ups; the kernel names come from the
+torch profiler.
 Useful GFLOP/s count the causal half only: forward 2 GEMMs of 2·B·H·T²·D / 2, backward 2.5 times that.
 Writes benchmarks/results/<name>.{json,md}.
 """
@@ -23,9 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.harness import machine, markdown_table, write_results
+from dist_srec.models.fused_layer import math_attention
+
+
+def grad_or_detached(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs as they are with grad enabled, detached under no_grad (a forward-only kernel refuses
+    inputs that require grad even then)."""
+    return [x if torch.is_grad_enabled() else x.detach() for x in xs]
 
 
 def variants(b: int, h: int, kv: int, t: int, d: int, p: int, dt: torch.dtype) -> dict[str, Any]:
@@ -46,18 +61,42 @@ def variants(b: int, h: int, kv: int, t: int, d: int, p: int, dt: torch.dtype) -
         return s.softmax(-1).to(dt) @ rep(v)
 
     sdpa = F.scaled_dot_product_attention
+
+    flex = torch.compile(flex_attention)
+    block_mask = create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, t, t, device=q.device.type)
+    try:  # eager probe with grad: a failed call inside the compiled function would leave it running eager
+        flex_attention(q[:1, :, :16], k[:1, :, :16], v[:1, :, :16], enable_gqa=True)
+        no_backward = ""
+    except NotImplementedError as e:
+        no_backward = str(e)
+
+    def flex_causal() -> torch.Tensor:
+        if no_backward and torch.is_grad_enabled():
+            raise NotImplementedError(no_backward)
+        return flex(*grad_or_detached(q, k, v), block_mask=block_mask, enable_gqa=True)
+
     return {
         "sdpa gqa, is_causal": (lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True), t),
         "sdpa repeat_kv, is_causal": (lambda: sdpa(q, rep(k), rep(v), is_causal=True), t),
         "sdpa repeat_kv, bool mask": (lambda: sdpa(q, rep(k), rep(v), attn_mask=causal), t),
         "after head: sdpa repeat_kv, mask": (lambda: sdpa(qa, rep(k), rep(v), attn_mask=after), t - p),
         "after head: sdpa gqa, mask": (lambda: sdpa(qa, k, v, attn_mask=after, enable_gqa=True), t - p),
+        "after head: math_attention, mask": (
+            lambda: math_attention(torch.nn.Module(), qa, k, v, after, d**-0.5)[0],
+            t - p,
+        ),
         "math, fp32 softmax": (lambda: math(torch.float32), t),
         "math, bf16 softmax": (lambda: math(dt), t),
+        "flex_attention, compiled, causal": (flex_causal, t),
     }
 
 
 def measure(fn: Any, repeats: int) -> dict[str, Any]:
+    try:
+        fn()
+    except NotImplementedError as e:  # no backward on this device: time the forward alone
+        with torch.no_grad():
+            return {**measure_forward(fn, repeats), "bwd_ms": None, "note": str(e).split(".")[0]}
     for _ in range(2):
         fn().float().sum().backward()
     fwd = bwd = float("inf")
@@ -70,7 +109,24 @@ def measure(fn: Any, repeats: int) -> dict[str, Any]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn().float().sum().backward()
     kernels = sorted({e.key for e in prof.key_averages() if "attention" in e.key and "backward" not in e.key})
-    return {"fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "kernels": ", ".join(kernels) or "bmm + softmax"}
+    return {
+        "fwd_ms": fwd * 1e3,
+        "bwd_ms": bwd * 1e3,
+        "kernels": ", ".join(kernels) or "bmm + softmax",
+        "note": "",
+    }
+
+
+def measure_forward(fn: Any, repeats: int) -> dict[str, Any]:
+    """Best forward time of `repeats` after 2 warm-ups (the caller sets no_grad)."""
+    for _ in range(2):
+        fn()
+    fwd = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        fwd = min(fwd, time.perf_counter() - t0)
+    return {"fwd_ms": fwd * 1e3, "kernels": "compiled flex_attention"}
 
 
 def main() -> None:
@@ -89,15 +145,16 @@ def main() -> None:
         r = measure(fn, a.repeats)
         flop = 2 * 2 * b * h * tq * t * d / 2  # two GEMMs, the causal half
         rows.append({"variant": name, **r, "fwd_gflops": flop / r["fwd_ms"] / 1e6,
-                     "bwd_gflops": 2.5 * flop / r["bwd_ms"] / 1e6})  # fmt: skip
-        print(f"{name:34s} fwd {r['fwd_ms']:7.1f} ms  bwd {r['bwd_ms']:7.1f} ms  {r['kernels']}", flush=True)
+                     "bwd_gflops": 2.5 * flop / r["bwd_ms"] / 1e6 if r["bwd_ms"] else None})  # fmt: skip
+        print(f"{name:34s} fwd {r['fwd_ms']:7.1f} ms  bwd {r['bwd_ms'] or float('nan'):7.1f} ms  {r['kernels']} "
+              f"{r['note']}", flush=True)  # fmt: skip
     mach = machine()
     payload = {"benchmark": "attention", "settings": vars(a), "machine": mach, "rows": rows}
     md = "\n".join([
         f"# Attention at SmolLM2-135M shapes ({mach['date']})", "",
         f"Machine: {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}; torch {mach['torch']}. "
         f"B={b} prompts x T={t} tokens, 9 q / 3 kv heads of 64, {a.dtype}; prompt head P={p}. Best of {a.repeats}.", "",
-        markdown_table(rows, ["variant", "fwd_ms", "bwd_ms", "fwd_gflops", "bwd_gflops", "kernels"]),
+        markdown_table(rows, ["variant", "fwd_ms", "bwd_ms", "fwd_gflops", "bwd_gflops", "kernels", "note"]),
     ])  # fmt: skip
     write_results(a.name, payload, md)
     print(md)

@@ -15,9 +15,11 @@ The reference-equivalent mode is built from the project's own code with the pape
 - fp32 weights under bf16 autocast (the paper code's peft upcasts its 8-bit/bf16 load to fp32);
 - eager layers (no `compile_layers`).
 The default mode is `LLMSRecConfig()` / `LLMConfig(dtype=--dtype)`: what `dist-srec train` runs. Extra
-modes (`--extra-modes`, default `eager,checkpointed,selective`) change one field of it, to price one lever
-in the same run: `eager` without `compile_layers`, `checkpointed` with `activation_checkpointing`,
-`selective` with `selective_checkpointing`.
+modes (`--extra-modes`, default `eager,keep,flash`) change one field of it, to price one lever in the same
+run: `eager` without `compile_layers` (so also without what rides on the fused layers: the selective
+recompute and the CPU attention choices), `keep` without `selective_checkpointing` (every activation
+kept), `flash` with every attention on SDPA's flash kernel (`math_attention_max_keys` 0),
+`checkpointed` with whole-layer `activation_checkpointing`.
 
 All modes run the same batches, interleaved (A B C ...), after one warm-up each; the train step is loss +
 backward + Adam on the heads. Encoding alternates chunks of `--encode-chunk` items, after one untimed
@@ -44,8 +46,9 @@ from benchmarks.harness import machine, markdown_table, peak_rss_mb, run_child, 
 MODES = ("default", "reference")
 EXTRA_MODES = {  # the default's LLMConfig with one field changed: what each lever is worth in the same run
     "eager": {"compile_layers": False},
+    "keep": {"selective_checkpointing": False},
+    "flash": {"math_attention_max_keys": 0},
     "checkpointed": {"activation_checkpointing": True},
-    "selective": {"selective_checkpointing": True},
 }
 
 
@@ -65,7 +68,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--extra-modes",
-        default="eager,checkpointed,selective",
+        default="eager,keep,flash",
         help=f"comma-separated, also interleaved: {', '.join(EXTRA_MODES)} ('' for none)",
     )
     p.add_argument(

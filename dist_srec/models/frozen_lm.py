@@ -233,8 +233,13 @@ def load_frozen_lm(cfg: LLMConfig, device: torch.device | str = "cpu") -> Frozen
     model, tokenizer = load_causal_lm(path, cfg, resolve_dtype(cfg.dtype, device))
     add_special_tokens(model, tokenizer)
     lm = FrozenLM(model, tokenizer, source=cfg.path)
+    recompute_out = cfg.selective_checkpointing and not cfg.activation_checkpointing
+    if cfg.selective_checkpointing and not recompute_out:
+        log.info("selective_checkpointing has no effect: activation_checkpointing recomputes whole layers")
     if cfg.compile_layers:  # first: checkpointing wraps whatever forward a layer then has
-        compile_decoder(lm.body, cfg.compile_scope, device, cfg.selective_checkpointing)
+        compile_decoder(lm.body, cfg.compile_scope, device, recompute_out, cfg.math_attention_max_keys)
+    elif cfg.selective_checkpointing:
+        log.info("selective_checkpointing has no effect: it needs the fused layers (compile_layers false)")
     if cfg.activation_checkpointing:
         checkpoint_layers(lm.body)
     if any(is_partitioned(p) for p in model.parameters()):

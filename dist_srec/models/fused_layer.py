@@ -100,17 +100,28 @@ def _out_mlp(
     return x + F.linear(F.silu(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
 
 
+def _out_mlp_recomputed(*args: Any) -> Tensor:
+    """`_out_mlp` under non-reentrant checkpointing, to be compiled whole: the compiler then tags the
+    region's ops for recomputation and the backward graph reruns only those its gradients read (the
+    gate and up projections and what leads to them; not the down projection). Checkpointing a compiled
+    `_out_mlp` from outside instead reruns the whole function, the down projection included: measured
+    on SmolLM2 user prompts (20 x 340 tokens, bf16, one thread), forward + backward +8% here against
+    +15%, holding the same 1.28 GiB (2.23 without recompute)."""
+    return checkpoint(_out_mlp, *args, use_reentrant=False)
+
+
 _RECOMPILE_LIMIT = 64
 
 
 @functools.cache
-def _compiled() -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _compiled() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     # dynamic=None: a second shape recompiles once with dynamic sizes, which every later bucket shape
     # (rows and lengths vary per pass) then shares. dynamic=True failed its guards on the None biases
     # and recompiled a second time for no shape change.
     return (
         torch.compile(_qkv, dynamic=None, fullgraph=True),
         torch.compile(_out_mlp, dynamic=None, fullgraph=True),
+        torch.compile(_out_mlp_recomputed, dynamic=None, fullgraph=True),
     )
 
 
@@ -146,13 +157,20 @@ def _bias(m: nn.Module) -> Tensor | None:
 
 
 def _fused_forward(
-    layer: nn.Module, run: tuple[Callable[..., Any], Callable[..., Any]], recompute_out: bool = False
+    layer: nn.Module,
+    run: tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]],
+    recompute_out: bool = False,
+    math_attention_max_keys: int = 0,
 ) -> Callable[..., Tensor]:
-    """A forward for `layer` with the decoder layer's signature, computing through `run` = (qkv, out_mlp).
+    """A forward for `layer` with the decoder layer's signature, computing through `run` = (qkv, out_mlp,
+    out_mlp with recompute).
 
-    `recompute_out`: when a graph is built, `out_mlp` keeps only its inputs and runs again in the backward
-    (non-reentrant checkpointing): its intermediates (the residual, the normed input, the MLP's gate and
-    up projections: about 2/3 of a layer's activations) are not held between forward and backward."""
+    `recompute_out`: when a graph is built, the part after the attention runs as `_out_mlp_recomputed`:
+    it keeps only its inputs, and its backward graph recomputes what it needs (o projection, residual,
+    RMSNorm, the MLP's gate and up projections; not the down projection, whose output the backward
+    never reads). Its intermediates (about 2/3 of a layer's activations) are not held between forward
+    and backward.
+    `math_attention_max_keys`: see `_cpu_attention`."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # deferred: seconds to import
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
@@ -171,7 +189,7 @@ def _fused_forward(
         position_embeddings: tuple[Tensor, Tensor] | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        qkv, out_mlp = run
+        qkv, out_mlp, out_mlp_recomputed = run
         cos, sin = position_embeddings
         q, k, v = qkv(hidden_states, cos, sin, ln1.weight, attn.q_proj.weight, _bias(attn.q_proj),
                       attn.k_proj.weight, _bias(attn.k_proj), attn.v_proj.weight, _bias(attn.v_proj),
@@ -181,16 +199,85 @@ def _fused_forward(
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, eager_attention_forward
         )
+        interface = _cpu_attention(k, attn.config._attn_implementation, math_attention_max_keys) or interface
         a, _ = interface(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling,
                          position_ids=position_ids, **kwargs)  # fmt: skip
-        f = out_mlp
-        if recompute_out and torch.is_grad_enabled():
-            f = functools.partial(checkpoint, out_mlp, use_reentrant=False)
+        f = out_mlp_recomputed if recompute_out and torch.is_grad_enabled() else out_mlp
         return f(hidden_states, a, attn.o_proj.weight, _bias(attn.o_proj), ln2.weight,
                  mlp.gate_proj.weight, _bias(mlp.gate_proj), mlp.up_proj.weight, _bias(mlp.up_proj),
                  mlp.down_proj.weight, _bias(mlp.down_proj), float(ln2.variance_epsilon))  # fmt: skip
 
     return forward
+
+
+def _cpu_attention(k: Tensor, impl: str, math_max_keys: int) -> Callable[..., tuple[Tensor, None]] | None:
+    """The attention function this layer call runs instead of the configured one, or None (keep it).
+
+    Only where the model is configured with SDPA and runs on a CPU: with grad over at most
+    `math_max_keys` keys (k: [b, kv_heads, keys, hd], the cache included; see
+    `LLMConfig.math_attention_max_keys`), `math_attention`; else `sdpa_gqa_attention`, SDPA without
+    transformers' `repeat_kv` copies. The CPU flash kernel's backward costs about 50 ms a layer for any
+    short batch (80 x 32 tokens, bf16, one thread), where `math_attention`'s forward and backward take
+    13 together; from about 128 keys (80 prompts) or 200 (20 prompts) flash is faster
+    (benchmarks/results/attention_cpu_amx_*.md). GPUs keep transformers' own call."""
+    if impl != "sdpa" or k.device.type != "cpu":
+        return None
+    if math_max_keys and torch.is_grad_enabled() and k.shape[-2] <= math_max_keys:
+        return math_attention
+    return sdpa_gqa_attention
+
+
+def _causal(module: nn.Module, tq: int, mask: Tensor | None, kwargs: dict[str, Any]) -> bool:
+    """transformers' rule: causal without a mask, for more than one query, if the module is causal."""
+    flag = kwargs.get("is_causal")
+    return mask is None and tq > 1 and bool(getattr(module, "is_causal", True) if flag is None else flag)
+
+
+def sdpa_gqa_attention(
+    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scaling: float, **kwargs: Any
+) -> tuple[Tensor, None]:
+    """transformers' SDPA attention with grouped-query heads passed as they are (`enable_gqa`), where
+    transformers repeats each kv head for its query heads whenever there is a mask (the cached prompt
+    head makes one): q [b, heads, tq, hd], k and v [b, kv_heads, tk, hd], mask None (causal), boolean
+    or additive -> [b, tq, heads, hd]. On the CPU flash kernel that holds 3x less of k and v for the
+    backward (SmolLM2: 9 query heads, 3 kv heads) and is faster (attention_cpu_amx.md: 71 against 80 ms
+    backward at 20 x 352 tokens). Not for GPUs: with a mask, enable_gqa sends CUDA to the math kernel."""
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, :, :, : k.shape[-2]]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=_causal(module, q.shape[2], mask, kwargs), scale=scaling,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )  # fmt: skip
+    return out.transpose(1, 2).contiguous(), None
+
+
+def math_attention(
+    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scaling: float, **kwargs: Any
+) -> tuple[Tensor, None]:
+    """SDPA's result, computed as transformers' eager attention does (fp32 softmax), with SDPA's masks
+    and without copies of the kv heads: q [b, heads, tq, hd], k and v [b, kv_heads, tk, hd] (query head
+    h reads kv head h // (heads / kv_heads)), mask None (causal when the module is, aligned top-left as
+    SDPA's `is_causal`), boolean (True: attend) or additive, broadcastable to [b, 1 or heads, tq, tk].
+
+        out = softmax_fp32(q kᵀ · scaling + bias) v   -> [b, tq, heads, hd], as the SDPA interface returns
+
+    Each kv head's query heads are stacked along the query axis, so both products are plain batched
+    GEMMs over [b, kv_heads]. For the backward it keeps the fp32 softmax output and bf16 probabilities:
+    at short prompts a few MB a layer more than the flash kernel."""
+    b, heads, tq, hd = q.shape
+    kv = k.shape[1]
+    tk = k.shape[2]
+    s = torch.matmul(q.reshape(b, kv, heads // kv * tq, hd), k.transpose(-1, -2)).float() * scaling
+    s = s.view(b, kv, heads // kv, tq, tk)
+    if _causal(module, tq, mask, kwargs):
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=s.device).tril()
+    if mask is not None:
+        if mask.dim() == 4:  # [b, 1 or heads, tq, >= tk] -> [b, 1 or kv, 1 or rep, tq, tk]
+            mask = mask[..., :tk]
+            mask = mask.unsqueeze(2) if mask.shape[1] == 1 else mask.reshape(-1, kv, heads // kv, tq, tk)
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+    p = s.softmax(-1).to(q.dtype).view(b, kv, heads // kv * tq, tk)
+    return torch.matmul(p, v).view(b, heads, tq, hd).transpose(1, 2).contiguous(), None
 
 
 def _probe(body: nn.Module, layer: nn.Module) -> float:
@@ -204,7 +291,9 @@ def _probe(body: nn.Module, layer: nn.Module) -> float:
         cos_sin = body.rotary_emb(x, pos)
         ref = layer(x, position_ids=pos, position_embeddings=cos_sin)
         ref = ref[0] if isinstance(ref, tuple) else ref
-        got = _fused_forward(layer, (_qkv, _out_mlp))(x, position_ids=pos, position_embeddings=cos_sin)
+        got = _fused_forward(layer, (_qkv, _out_mlp, _out_mlp))(
+            x, position_ids=pos, position_embeddings=cos_sin
+        )
     return float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
 
 
@@ -232,9 +321,12 @@ def unfusable(body: nn.Module, layers: nn.ModuleList, device: torch.device | str
     return None
 
 
-def fuse_layers(body: nn.Module, layers: nn.ModuleList, recompute_out: bool = False) -> int:
+def fuse_layers(
+    body: nn.Module, layers: nn.ModuleList, recompute_out: bool = False, math_attention_max_keys: int = 0
+) -> int:
     """Give every layer of `layers` (the decoder `body`'s) the two shared compiled graphs as its forward
-    (with `recompute_out`, see `_fused_forward`); returns the number of layers. Check `unfusable` first."""
+    (with `recompute_out` and `math_attention_max_keys`, see `_fused_forward`); returns the number of
+    layers. Check `unfusable` first."""
     import torch._dynamo.config as dyn  # deferred: loads the compiler stack
 
     # A process shares the two functions between every LM it loads: each (dtype, head layout, grad mode)
@@ -245,5 +337,5 @@ def fuse_layers(body: nn.Module, layers: nn.ModuleList, recompute_out: bool = Fa
     dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
     run = _compiled()
     for layer in layers:
-        layer.forward = _fused_forward(layer, run, recompute_out)
+        layer.forward = _fused_forward(layer, run, recompute_out, math_attention_max_keys)
     return len(layers)

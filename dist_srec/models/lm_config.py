@@ -48,12 +48,23 @@ class LLMConfig:
     activations a training step holds drop from every layer's intermediates to one [b, T, H] per layer,
     for about one more forward of compute. For when memory binds (two ranks per machine, long prompts,
     a big LM on a small GPU); same outputs and gradients either way."""
-    selective_checkpointing: bool = False
-    """Recompute only each layer's part after the attention (o projection, residual, RMSNorm, MLP) in the
-    backward, keeping the rest: a SmolLM2 CPU step held 3.0 GB instead of 4.9 and took 15-19% longer
-    (full `activation_checkpointing`: 2.2 GB, 27-34% longer; benchmarks/results/vs_reference_ml-100k.md).
-    Needs the fused layers (`compile_layers` with `compile_scope` `auto` or `layers`); where `auto`
-    leaves the layers eager it is off, with a warning."""
+    selective_checkpointing: bool = True
+    """Recompute in the backward what the MLP's input gradient reads (o projection, residual, RMSNorm,
+    gate and up projections; not the down projection) instead of keeping it from the forward: about
+    2/3 of a layer's activations. A SmolLM2 train step on a CPU held 2.6 GB instead of 4.3 for a few
+    percent more time (benchmarks/results/vs_reference_ml-100k.md). Applies where the fused layers run
+    (`compile_layers` with `compile_scope` `auto` or `layers`); elsewhere, and under
+    `activation_checkpointing` (which recomputes the whole layer), it has no effect and the log says so.
+    Off: the fastest step, for when memory is plentiful."""
+    math_attention_max_keys: int = 128
+    """On a CPU, a pass with grad whose attention spans at most this many keys (the cached prompt head
+    included) runs as two batched GEMMs and an fp32 softmax (`fused_layer.math_attention`, what
+    transformers' eager attention computes) instead of SDPA's CPU flash kernel, whose backward has a
+    large fixed cost per call. Item prompts (80 x 32 tokens, bf16, one thread): 13 ms a layer forward and
+    backward against 57 for flash; at 128 keys the two are even for 80 prompts, and at 352 (user prompts)
+    flash is 3.5x faster (benchmarks/results/attention_cpu_amx_short.md, attention_cpu_amx_flex.md). Only
+    with `attn_implementation` `sdpa` and the fused layers (`compile_layers`, scope `auto` / `layers`);
+    GPUs and passes without grad keep SDPA. 0 turns it off. Same outputs and gradients to rounding."""
     compile_layers: bool = True
     """`torch.compile` the elementwise work around the GEMMs of every decoder layer (regional
     compilation): what is compiled is `compile_scope`. Costs compile time on the first passes (tens of
@@ -74,15 +85,9 @@ class LLMConfig:
             raise ConfigError(f"config field 'dtype': '{self.dtype}' is not one of auto, {', '.join(DTYPES)}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"config field 'num_layers': must be >= 1, got {self.num_layers}")
-        if self.selective_checkpointing and not (self.compile_layers and self.compile_scope != "parts"):
+        if self.math_attention_max_keys < 0:
             raise ConfigError(
-                "config field 'selective_checkpointing': needs compile_layers true with compile_scope "
-                "'auto' or 'layers' (it recomputes part of the fused layer)"
-            )
-        if self.selective_checkpointing and self.activation_checkpointing:
-            raise ConfigError(
-                "config fields 'selective_checkpointing' and 'activation_checkpointing': choose one "
-                "(whole-layer checkpointing already recomputes what the selective one would)"
+                f"config field 'math_attention_max_keys': must be >= 0 (0 = off), got {self.math_attention_max_keys}"
             )
         if self.compile_scope not in COMPILE_SCOPES:
             raise ConfigError(

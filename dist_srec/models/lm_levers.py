@@ -35,7 +35,11 @@ def checkpoint_layers(body: nn.Module) -> int:
 
 
 def compile_decoder(
-    body: nn.Module, scope: str, device: torch.device | str = "cpu", recompute_out: bool = False
+    body: nn.Module,
+    scope: str,
+    device: torch.device | str = "cpu",
+    recompute_out: bool = False,
+    math_attention_max_keys: int = 0,
 ) -> int:
     """`torch.compile` the decoder layers of `body` in place (see `LLMConfig.compile_scope`) for a model
     that runs on `device`; returns the number of layers (`auto`, `layers`) or modules (`parts`) compiled.
@@ -44,7 +48,8 @@ def compile_decoder(
     and one after it (`dist_srec.models.fused_layer`); ConfigError where that cannot serve (not the
     Llama form, ZeRO-3, no C++ compiler for CPU code). `auto`: the same, and where it cannot serve, the
     layers stay eager and the reason is logged (0 returned). `recompute_out`: the fused layers recompute
-    their part after the attention in the backward (`LLMConfig.selective_checkpointing`).
+    their part after the attention in the backward (`LLMConfig.selective_checkpointing`);
+    `math_attention_max_keys`: see `LLMConfig` (fused layers only).
     `parts`: each layer's `mlp`, `input_layernorm` and `post_attention_layernorm` where present; their
     forwards touch no cache and no layer index, so all layers share one graph per shape.
     """
@@ -52,17 +57,17 @@ def compile_decoder(
     if scope in ("auto", "layers"):
         why = unfusable(body, layers, device)
         if why is None:
-            n = fuse_layers(body, layers, recompute_out)
+            n = fuse_layers(body, layers, recompute_out, math_attention_max_keys)
             log.info("compiled decoder layers: %d layers share the fused graphs", n)
             return n
         if scope == "layers":
             raise ConfigError(f"compile_scope 'layers': {why}; use 'parts' or compile_layers false")
         log.info("compile_scope auto: decoder layers left eager: %s", why)
         if recompute_out:
-            log.warning("selective_checkpointing is off: it needs the fused layers (%s)", why)
+            log.info("selective_checkpointing has no effect: it needs the fused layers (%s)", why)
         return 0
     if recompute_out:
-        raise ConfigError("selective_checkpointing needs compile_scope 'layers' or 'auto'")
+        log.info("selective_checkpointing has no effect: it needs the fused layers (compile_scope %s)", scope)
     if scope != "parts":
         raise ConfigError(f"compile scope '{scope}' is not one of {', '.join(COMPILE_SCOPES)}")
     n = 0

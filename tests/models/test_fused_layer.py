@@ -4,6 +4,8 @@ refusal with the reason wherever it would compute something else."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -103,8 +105,9 @@ def test_a_cpu_without_a_cpp_compiler_is_refused(cache: str, monkeypatch) -> Non
 
 
 def test_selective_checkpointing_same_grads_and_keeps_less(cache: str) -> None:
-    fused = _lm(cache)
-    selective = _lm(cache, selective_checkpointing=True)
+    # flash attention throughout: the math path's saved probabilities would dilute the MLP's share
+    fused = _lm(cache, selective_checkpointing=False, math_attention_max_keys=0)
+    selective = _lm(cache, math_attention_max_keys=0)  # the default
     x = torch.randn(3, 40, fused.hidden_size, generator=torch.Generator().manual_seed(2))
     w = torch.randn(3, 40, fused.hidden_size, generator=torch.Generator().manual_seed(3))
     results = []
@@ -119,10 +122,95 @@ def test_selective_checkpointing_same_grads_and_keeps_less(cache: str) -> None:
     assert s1 < 0.8 * s0, (s0, s1)  # 71% here (I = 2H); the MLP weighs more in real LMs (SmolLM2: 2.67H)
 
 
-def test_selective_checkpointing_needs_the_fused_layers() -> None:
-    with pytest.raises(ConfigError, match="selective_checkpointing"):
-        LLMConfig(selective_checkpointing=True, compile_layers=False)
-    with pytest.raises(ConfigError, match="selective_checkpointing"):
-        LLMConfig(selective_checkpointing=True, compile_scope="parts")
-    with pytest.raises(ConfigError, match="choose one"):
-        LLMConfig(selective_checkpointing=True, activation_checkpointing=True)
+def test_selective_checkpointing_is_inert_without_the_fused_layers(cache: str, caplog) -> None:
+    """On by default, it applies only where the fused layers run: elsewhere, and under whole-layer
+    checkpointing, the LM loads without it and the log says so."""
+    for kw in ({"compile_layers": False}, {"compile_scope": "parts"}, {"activation_checkpointing": True}):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="dist_srec"):
+            _lm(cache, **kw)
+        assert "selective_checkpointing has no effect" in caplog.text, kw
+
+
+def _attention_kernels(
+    lm: FrozenLM, x: torch.Tensor, grad: bool
+) -> tuple[set[str], torch.Tensor, torch.Tensor]:
+    """The SDPA kernels one pass runs (forward, and backward with `grad`), its output and input grad."""
+    xi = x.clone().requires_grad_(grad)
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu) as prof, torch.set_grad_enabled(grad):
+        h = lm.hidden(xi)
+        if grad:
+            h.pow(2).sum().backward()
+    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    return names, h.detach(), xi.grad
+
+
+FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+
+def test_short_attention_with_grad_runs_the_math_path_with_the_same_grads(cache: str) -> None:
+    """`math_attention_max_keys`: a CPU pass with grad over few keys runs `math_attention` instead of
+    the flash kernel, with the same outputs and input gradients; longer prompts and passes without grad
+    keep flash, and 0 turns it off."""
+    lever = _lm(cache, math_attention_max_keys=16)
+    off = _lm(cache, math_attention_max_keys=0)
+    short = torch.randn(3, 12, lever.hidden_size, generator=torch.Generator().manual_seed(4))
+    long = torch.randn(2, 20, lever.hidden_size, generator=torch.Generator().manual_seed(5))
+
+    k_lever, h_lever, g_lever = _attention_kernels(lever, short, grad=True)
+    k_off, h_off, g_off = _attention_kernels(off, short, grad=True)
+    assert not k_lever, k_lever  # no SDPA kernel at all: the math path
+    assert FLASH in k_off, k_off
+    torch.testing.assert_close(h_lever, h_off, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_lever, g_off, atol=1e-5, rtol=1e-4)
+
+    assert FLASH in _attention_kernels(lever, long, grad=True)[0]  # 20 keys > 16: flash
+    assert FLASH in _attention_kernels(lever, short, grad=False)[0]  # no grad: flash's fast forward
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "additive"])
+def test_math_attention_equals_sdpa(mask: str) -> None:
+    """`math_attention` and `sdpa_gqa_attention` against SDPA on repeated kv heads, GQA (6 query heads, 2
+    kv heads), queries after a 5-token cached head: no mask (causal, top-left, as SDPA's is_causal), a
+    boolean mask, an additive one."""
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 6, 7, 8, generator=g)
+    k, v = torch.randn(2, 2, 12, 8, generator=g), torch.randn(2, 2, 12, 8, generator=g)
+    allowed = torch.ones(7, 12, dtype=torch.bool).tril(5)[None, None].expand(2, 1, 7, 12)
+    m = {"none": None, "bool": allowed,
+         "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[mask]  # fmt: skip
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=m, is_causal=m is None, scale=0.3
+    )
+    for attention in (fused_layer.math_attention, fused_layer.sdpa_gqa_attention):
+        got, _ = attention(torch.nn.Module(), q, k, v, m, 0.3)
+        torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    if m is not None:  # a per-head mask, as [b, heads, tq, tk]
+        got, _ = fused_layer.math_attention(torch.nn.Module(), q, k, v, m.expand(2, 6, 7, 12), 0.3)
+        torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_math_attention_max_keys_is_validated() -> None:
+    with pytest.raises(ConfigError, match="math_attention_max_keys"):
+        LLMConfig(math_attention_max_keys=-1)
+
+
+def test_cpu_sdpa_keeps_the_kv_heads_grouped_after_a_cached_head(cache: str, monkeypatch) -> None:
+    """With the cached prompt head there is a mask, and transformers would repeat each kv head for its
+    query heads; the fused layer calls SDPA on the kv heads as they are (`enable_gqa`)."""
+    lm = _lm(cache, math_attention_max_keys=0)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape[1], k.shape[1], kw.get("enable_gqa"), kw.get("attn_mask") is not None))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    x = torch.randn(2, 6, lm.hidden_size, requires_grad=True)
+    lm.hidden_after(lm.prefix_kv(torch.tensor([5, 9, 2])), x).sum().backward()
+    heads, kv = lm.model.config.num_attention_heads, lm.model.config.num_key_value_heads
+    assert kv < heads  # the tiny LM has grouped kv heads
+    assert all(c[:3] == (heads, kv, True) for c in calls), calls  # the head's own pass too
+    assert sum(c[3] for c in calls) == lm.model.config.num_hidden_layers, calls  # after it: masked
