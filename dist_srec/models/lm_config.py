@@ -51,8 +51,8 @@ class LLMConfig:
     selective_checkpointing: bool = True
     """Recompute in the backward what the MLP's input gradient reads (o projection, residual, RMSNorm,
     gate and up projections; not the down projection) instead of keeping it from the forward: about
-    2/3 of a layer's activations. A SmolLM2 train step on a CPU held 2.6 GB instead of 4.3 for a few
-    percent more time (benchmarks/results/vs_reference_ml-100k.md). Applies where the fused layers run
+    2/3 of a layer's activations. A SmolLM2 train step on a CPU (bf16, 2 cores) peaked at 2.5 GB instead
+    of 4.3 and took 7% longer (benchmarks/results/vs_reference_ml-100k.md). Applies where the fused layers run
     (`compile_layers` with `compile_scope` `auto` or `layers`); elsewhere, and under
     `activation_checkpointing` (which recomputes the whole layer), it has no effect and the log says so.
     Off: the fastest step, for when memory is plentiful."""
@@ -62,7 +62,7 @@ class LLMConfig:
     transformers' eager attention computes) instead of SDPA's CPU flash kernel, whose backward has a
     large fixed cost per call. Item prompts (80 x 32 tokens, bf16, one thread): 13 ms a layer forward and
     backward against 57 for flash; at 128 keys the two are even for 80 prompts, and at 352 (user prompts)
-    flash is 3.5x faster (benchmarks/results/attention_cpu_amx_short.md, attention_cpu_amx_flex.md). Only
+    flash is 3x faster (benchmarks/results/attention_cpu_amx_short.md, attention_cpu_amx_flex.md). Only
     with `attn_implementation` `sdpa` and the fused layers (`compile_layers`, scope `auto` / `layers`);
     GPUs and passes without grad keep SDPA. 0 turns it off. Same outputs and gradients to rounding."""
     compile_layers: bool = True
