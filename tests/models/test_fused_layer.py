@@ -198,7 +198,18 @@ def test_math_attention_max_keys_is_validated() -> None:
 
 def test_cpu_sdpa_keeps_the_kv_heads_grouped_after_a_cached_head(cache: str, monkeypatch) -> None:
     """With the cached prompt head there is a mask, and transformers would repeat each kv head for its
-    query heads; the fused layer calls SDPA on the kv heads as they are (`enable_gqa`)."""
+    query heads; the fused layer calls SDPA on the kv heads as they are (`enable_gqa`), with the same
+    outputs and input gradients as transformers' own call (the eager layers)."""
+    x = torch.randn(2, 6, _lm(cache).hidden_size, generator=torch.Generator().manual_seed(7))
+    head = torch.tensor([5, 9, 2])
+
+    def run(model: FrozenLM) -> tuple[torch.Tensor, torch.Tensor]:
+        xi = x.clone().requires_grad_(True)
+        h = model.hidden_after(model.prefix_kv(head), xi)
+        h.pow(2).sum().backward()
+        return h.detach(), xi.grad
+
+    want = run(_lm(cache, compile_layers=False))
     lm = _lm(cache, math_attention_max_keys=0)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -208,8 +219,9 @@ def test_cpu_sdpa_keeps_the_kv_heads_grouped_after_a_cached_head(cache: str, mon
         return sdpa(q, k, v, **kw)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    x = torch.randn(2, 6, lm.hidden_size, requires_grad=True)
-    lm.hidden_after(lm.prefix_kv(torch.tensor([5, 9, 2])), x).sum().backward()
+    got = run(lm)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
     heads, kv = lm.model.config.num_attention_heads, lm.model.config.num_key_value_heads
     assert kv < heads  # the tiny LM has grouped kv heads
     assert all(c[:3] == (heads, kv, True) for c in calls), calls  # the head's own pass too
