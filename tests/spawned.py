@@ -1,11 +1,21 @@
-"""The end of an `mp.spawn`ed worker that ran a gloo process group."""
+"""For `mp.spawn`ed workers that run a gloo process group: a free port for their rendezvous, and the
+worker's end."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS reports free now: a fixed or pid-derived port can still be
+    held (or in TIME_WAIT) from an earlier test, and gloo's rendezvous then fails on one rank."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def finish_worker(ok: bool) -> None:

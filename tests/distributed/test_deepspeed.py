@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from dist_srec.errors import ConfigError
 from dist_srec.parallel.deepspeed_config import DeepSpeedConfig, deep_merge, deepspeed_dict
-from tests.spawned import finish_worker
+from tests.spawned import finish_worker, free_port
 
 
 def test_config_is_generated_and_overridable(tmp_path: Path) -> None:
@@ -153,8 +153,7 @@ def _worker(rank: int, world: int, port: int, data: str, teacher: str, root: str
 @pytest.mark.distributed
 def test_stage3_partitions_and_matches_stage0(srec_setup, tmp_path: Path) -> None:
     data, teacher = srec_setup
-    port = 29700 + os.getpid() % 200
-    mp.spawn(_worker, args=(2, port, str(data), str(teacher), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(data), str(teacher), str(tmp_path)), nprocs=2, join=True)
     for r in range(2):
         doc = json.loads((tmp_path / f"ok-{r}").read_text())
         assert len(doc["loss3"]) == 3

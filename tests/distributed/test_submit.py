@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import yaml
 
 from dist_srec.cluster.submit import SubmitConfig, job_entrypoint, runtime_env, submit, unpack_wheel
 from dist_srec.errors import ConfigError
+from tests.spawned import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "launch" / "cluster"
@@ -108,18 +108,12 @@ def test_submit_config_validates_and_builds_runtime_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not a \.whl"):
         SubmitConfig(wheel=str(req))
     with pytest.raises(ConfigError, match="cannot reach a Ray job server"):
-        submit(SubmitConfig(address=f"http://127.0.0.1:{_free_port()}"), ["dist-srec", "--version"], tmp_path)
+        submit(SubmitConfig(address=f"http://127.0.0.1:{free_port()}"), ["dist-srec", "--version"], tmp_path)
     bogus = tmp_path / "other-1.0-py3-none-any.whl"
     with zipfile.ZipFile(bogus, "w") as z:
         z.writestr("other/__init__.py", "")
     with pytest.raises(ConfigError, match="not a dist-srec wheel"):
         unpack_wheel(bogus, tmp_path / "unpacked")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bare_python(root: Path) -> Path:
@@ -158,7 +152,7 @@ def test_cluster_path_end_to_end(srec_setup, tmp_path: Path) -> None:
     out_uri, run = f"file://{bucket}/runs/srec", bucket / "runs" / "srec"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bare.parent}:{os.environ['PATH']}",
            "DIST_SREC_CACHE": str(tmp_path / "node-cache")}  # fmt: skip
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     temp = Path("/tmp") / f"ray-dsj-{os.getpid()}"  # short: unix socket paths have a length limit
     head = subprocess.Popen(
         [str(bare), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",

@@ -19,7 +19,7 @@ from dist_srec.data.loader import ShardLoader
 from dist_srec.data.prepare import prepare
 from dist_srec.errors import DataError
 from tests.data.synth import write_custom
-from tests.spawned import finish_worker
+from tests.spawned import finish_worker, free_port
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,7 @@ def test_ranks_get_equal_batches_without_hang(uneven_data: str, world: int, tmp_
     n_shards = len(json.loads((Path(uneven_data) / "manifest.json").read_text())["shards"]["train"])
     total = ShardLoader(uneven_data, "train", LoaderConfig()).total
     assert n_shards >= 2 and total % 5 != 0, "shards of unequal size"
-    port = 29900 + (os.getpid() + world) % 90
-    mp.spawn(_worker, args=(world, port, uneven_data, 0, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), uneven_data, 0, str(tmp_path)), nprocs=world, join=True)
     docs = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
     assert len({d["steps"] for d in docs}) == 1
     users = [u for d in docs for u in d["users"]]
@@ -78,7 +77,7 @@ def test_too_many_ranks_times_workers_is_a_clear_error_on_every_rank(
 ) -> None:
     total = ShardLoader(uneven_data, "train", LoaderConfig()).total
     workers = total // 4 + 1  # 4 ranks x this many loader workers > samples
-    mp.spawn(_worker, args=(4, 29990, uneven_data, workers, str(tmp_path)), nprocs=4, join=True)
+    mp.spawn(_worker, args=(4, free_port(), uneven_data, workers, str(tmp_path)), nprocs=4, join=True)
     for r in range(4):
         err = json.loads((tmp_path / f"r{r}.json").read_text())["error"]
         assert "too few for 4 ranks" in err and "loader workers" in err

@@ -15,7 +15,7 @@ from dist_srec.eval.metrics import empty_sums, metric_sums
 from dist_srec.eval.protocols import all_reduce_sums
 from dist_srec.parallel.context import TrainContext
 from dist_srec.train.teacher import train_teacher
-from tests.spawned import finish_worker
+from tests.spawned import finish_worker, free_port
 from tests.train.test_teacher import ListLoader, _cfg, _model, _next_item_accuracy, cyclic_samples
 
 
@@ -44,8 +44,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.distributed
 def test_ddp_two_ranks_keep_identical_weights(tmp_path: Path) -> None:
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     w0 = load_file(tmp_path / "weights-0.safetensors")
     w1 = load_file(tmp_path / "weights-1.safetensors")
     for k in w0:
