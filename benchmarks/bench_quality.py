@@ -35,7 +35,8 @@ from benchmarks.harness import RESULTS, machine, write_results
 
 # The ML-1M teacher the committed results were measured with (SASRec, 1.1 MB): `prepare --dataset ml-1m`
 # is deterministic, and the teacher refuses a catalog whose manifest differs.
-TEACHER = Path(__file__).resolve().parent / "results" / "quality_ml-1m_teacher"
+REPO = Path(__file__).resolve().parent.parent
+TEACHER = REPO / "benchmarks" / "results" / "quality_ml-1m_teacher"
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "quality_ml-1m.yaml"
 """The base run file of every run (`variant_config`)."""
@@ -147,6 +148,17 @@ def variant_config(
     )  # fmt: skip
 
 
+def portable_teacher(settings: dict[str, Any]) -> str:
+    """The teacher a run file names: `--teacher` relative to the repository when it lies inside it, as
+    given otherwise; without `--teacher`, the committed TEACHER."""
+    given = settings.get("teacher")
+    path = Path(given).resolve() if given else TEACHER
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(given)
+
+
 def write_run_files(results: dict[str, Any], settings: dict[str, Any], name: str) -> Path:
     """Every row's resolved run file under results/<name>_configs/<row>.yaml, with portable paths."""
     from dataclasses import asdict
@@ -157,7 +169,7 @@ def write_run_files(results: dict[str, Any], settings: dict[str, Any], name: str
     for row, res in results.items():
         variant = res["train"].get("variant") or re.match(r"llm-srec|no-distill|no-uniformity", row).group(0)
         cfg = variant_config({**res["train"], "variant": variant}, settings,
-                             data="data/ml-1m", teacher="benchmarks/results/quality_ml-1m_teacher",
+                             data="data/ml-1m", teacher=portable_teacher(settings),
                              out=f"runs/quality-ml-1m/{row}")  # fmt: skip
         write_run_file(folder / f"{row}.yaml", asdict(cfg))
     return folder
