@@ -104,9 +104,9 @@ def _out_mlp_recomputed(*args: Any) -> Tensor:
     """`_out_mlp` under non-reentrant checkpointing, to be compiled whole: the compiler then tags the
     region's ops for recomputation and the backward graph reruns only those its gradients read (the
     gate and up projections and what leads to them; not the down projection). Checkpointing a compiled
-    `_out_mlp` from outside instead reruns the whole function, the down projection included: measured
-    on SmolLM2 user prompts (20 x 340 tokens, bf16, one thread), forward + backward +8% here against
-    +15%, holding the same 1.28 GiB (2.23 without recompute)."""
+    `_out_mlp` from outside instead reruns the whole function, the down projection included. Whole
+    SmolLM2 train step (bf16, 2 cores): +7% here (6.89 against 6.44 s, peak RSS 2.5 against 4.3 GB),
+    where the outside form cost +15-19% (benchmarks/results/vs_reference_ml-100k*.md)."""
     return checkpoint(_out_mlp, *args, use_reentrant=False)
 
 
