@@ -15,11 +15,12 @@ The reference-equivalent mode is built from the project's own code with the pape
 - fp32 weights under bf16 autocast (the paper code's peft upcasts its 8-bit/bf16 load to fp32);
 - eager layers (no `compile_layers`).
 The default mode is `LLMSRecConfig()` / `LLMConfig(dtype=--dtype)`: what `dist-srec train` runs. Extra
-modes (`--extra-modes`, default `eager,keep,flash`) change one field of it, to price one lever in the same
-run: `eager` without `compile_layers` (so also without what rides on the fused layers: the selective
-recompute and the CPU attention choices), `keep` without `selective_checkpointing` (every activation
-kept), `flash` with every attention on SDPA's flash kernel (`math_attention_max_keys` 0),
-`checkpointed` with whole-layer `activation_checkpointing`.
+modes (`--extra-modes`, default `eager,keep,flash,graph`) change one field of it, to price one lever in
+the same run: `eager` without `compile_layers` (so also without what rides on the fused layers: the
+selective recompute and the CPU attention choices), `keep` without `selective_checkpointing` (every
+activation kept), `flash` with every attention on SDPA's flash kernel (`math_attention_max_keys` 0),
+`graph` with the whole prompt after the cached head in the graph (`LLMSRecConfig.no_grad_prefix`
+off), `checkpointed` with whole-layer `activation_checkpointing`.
 
 All modes run the same batches, interleaved (A B C ...), after one warm-up each; the train step is loss +
 backward + Adam on the heads. Encoding alternates chunks of `--encode-chunk` items, after one untimed
@@ -44,12 +45,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import machine, markdown_table, peak_rss_mb, run_child, write_results
 
 MODES = ("default", "reference")
-EXTRA_MODES = {  # the default's LLMConfig with one field changed: what each lever is worth in the same run
-    "eager": {"compile_layers": False},
-    "keep": {"selective_checkpointing": False},
-    "flash": {"math_attention_max_keys": 0},
-    "checkpointed": {"activation_checkpointing": True},
+# The default with one field of LLMConfig ("llm") or LLMSRecConfig ("srec") changed: what each lever
+# is worth in the same run.
+EXTRA_MODES: dict[str, dict[str, dict[str, Any]]] = {
+    "eager": {"llm": {"compile_layers": False}},
+    "keep": {"llm": {"selective_checkpointing": False}},
+    "flash": {"llm": {"math_attention_max_keys": 0}},
+    "graph": {"srec": {"no_grad_prefix": False}},
+    "checkpointed": {"llm": {"activation_checkpointing": True}},
 }
+_CONFIG_NAMES = {"llm": "LLMConfig", "srec": "LLMSRecConfig"}
+
+
+def describe(mode: str) -> str:
+    """'eager: LLMConfig(compile_layers=False)'."""
+    return f"{mode}: " + ", ".join(
+        f"{_CONFIG_NAMES[k]}(" + ", ".join(f"{f}={v!r}" for f, v in fields.items()) + ")"
+        for k, fields in EXTRA_MODES[mode].items()
+    )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +81,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--extra-modes",
-        default="eager,keep,flash",
+        default="eager,keep,flash,graph",
         help=f"comma-separated, also interleaved: {', '.join(EXTRA_MODES)} ('' for none)",
     )
     p.add_argument(
@@ -118,8 +131,9 @@ def build(args: argparse.Namespace, mode: str, data: Path, teacher: Path) -> tup
     if mode == "reference":
         llm = LLMConfig(path=args.llm, dtype="float32", compile_layers=False)
     else:
-        llm = LLMConfig(path=args.llm, dtype=args.dtype, **EXTRA_MODES.get(mode, {}))
-    model, _ = build_model(llm, teacher, cat, LLMSRecConfig(seed=args.seed), torch.device("cpu"))
+        llm = LLMConfig(path=args.llm, dtype=args.dtype, **EXTRA_MODES.get(mode, {}).get("llm", {}))
+    srec = LLMSRecConfig(seed=args.seed, **EXTRA_MODES.get(mode, {}).get("srec", {}))
+    model, _ = build_model(llm, teacher, cat, srec, torch.device("cpu"))
     return (reference_equivalent(model) if mode == "reference" else model), cat
 
 
@@ -254,8 +268,8 @@ def main() -> None:
         "is described in benchmarks/bench_vs_reference.py.", "",
         markdown_table(rows, ["mode", "step_s_median", "samples_per_s", "train_x_reference", "items_per_s",
                               "encode_x_reference", "peak_rss_mb"]), "",
-        ("Modes other than default and reference change one LLMConfig field of the default: "
-         + ", ".join(f"{m} {EXTRA_MODES[m]}" for m in modes if m in EXTRA_MODES) + "."
+        ("Modes other than default and reference change one config field of the default: "
+         + "; ".join(describe(m) for m in modes if m in EXTRA_MODES) + "."
          if any(m in EXTRA_MODES for m in modes) else "No other modes ran."), "",
         f"Ratios (default / reference): train {ratio['train_samples_per_s']:.2f}x (target 4x), encoding "
         f"{ratio['encode_items_per_s']:.2f}x (target 5x); peak RSS {ours['peak_rss_mb']:,.0f} MiB "

@@ -173,11 +173,25 @@ class FrozenLM(nn.Module):
             out = self.body(inputs_embeds=table[ids.to(table.device)][None], use_cache=True)
         return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
 
+    def extend_kv(self, prefix: PrefixKV | None, inputs_embeds: Tensor) -> PrefixKV:
+        """Per layer (keys, values) [B, kv_heads, p + t, head_dim] of [prefix tokens, inputs_embeds
+        [B, t, H]], without a graph: for leading positions that nothing trainable reaches (callers
+        pass embeddings of constant tokens). `prefix` None: the rows start at position 0."""
+        from transformers import DynamicCache  # deferred: transformers takes seconds to import
+
+        b = inputs_embeds.shape[0]
+        with torch.no_grad():
+            cache = None if prefix is None else DynamicCache(
+                ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
+            )  # fmt: skip
+            out = self.body(inputs_embeds=inputs_embeds.detach(), past_key_values=cache, use_cache=True)
+        return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+
     def hidden_after(self, prefix: PrefixKV, inputs_embeds: Tensor) -> Tensor:
         """`hidden` of [prefix tokens, inputs_embeds] for the positions after the prefix: [B, T, H].
 
-        The prefix's keys and values are computed once (`prefix_kv`) and shared by the batch; the
-        positions continue after it. Equal to slicing `hidden` of the whole sequence (to rounding).
+        The prefix's keys and values are computed once (`prefix_kv`: [1, ...], shared by the batch) or
+        per row (`extend_kv`: [B, ...]); the positions continue after it. Equal to slicing `hidden` of the whole sequence (to rounding).
         """
         from transformers import DynamicCache  # deferred: transformers takes seconds to import
 

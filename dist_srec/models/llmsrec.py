@@ -63,6 +63,12 @@ class LLMSRecConfig:
     """Run each prompt kind's constant template head (`PromptBuilder.shared_prefix`) through the LM
     once, and every prompt from the position after it, attending to the head's cached keys/values.
     Same hidden states (to rounding); saves the head's share of every forward and backward."""
+    no_grad_prefix: bool = True
+    """While training, run each bucket's leading positions before its first spliced token (an item
+    prompt's title; a user prompt's first date and title), after the cached head, without a graph: as
+    per-row keys/values (`FrozenLM.extend_kv`) that the rest of the bucket attends to. Nothing
+    trainable reaches those positions, so the loss and gradients are the same (to rounding); the
+    backward skips them. Not under DeepSpeed ZeRO-3, where every rank must run the same forwards."""
     seed: int = 0
     """Seeds the out-vector initialisation (the Linear layers follow torch's global seed)."""
     teacher_dropout: bool = False
@@ -218,15 +224,23 @@ class LLMSRec(nn.Module):
         return h[back]
 
     def _hidden(self, ids: Tensor, emb: Tensor, prefix: tuple[Tensor, PrefixKV] | None) -> tuple[Tensor, int]:
-        """The LM's hidden states of a padded bucket (right padding, so no mask is needed), and how
-        many leading positions they skip: the cached constant head's length, when every row starts
-        with it (always, for prompts of the builder; otherwise the whole rows run)."""
+        """The LM's hidden states of a padded bucket [b, T] (right padding, so no mask is needed) from
+        position s on, and s: the cached constant head's length p when every row starts with it (always,
+        for prompts of the builder; else 0); with a graph and `no_grad_prefix`, the first column that
+        holds a spliced token in any row (>= p), the columns p..s-1 run without a graph."""
+        kv, p = None, 0
         if prefix is not None:
-            head, kv = prefix
-            p = len(head)
-            if ids.shape[1] > p and bool((ids[:, :p] == head).all()):
-                return self.lm.hidden_after(kv, emb[:, p:]), p
-        return self.lm.hidden(emb), 0
+            head, head_kv = prefix
+            if ids.shape[1] > len(head) and bool((ids[:, : len(head)] == head).all()):
+                kv, p = head_kv, len(head)
+        if self.cfg.no_grad_prefix and torch.is_grad_enabled() and not self.lm.partitioned:
+            spliced = (ids == self.lm.hist_id) | (ids == self.lm.user_out_id) | (ids == self.lm.item_out_id)
+            s = int(spliced.int().argmax(1).min())  # every row holds its out token
+            if s > p:
+                kv, p = self.lm.extend_kv(kv, emb[:, p:s]), s
+        if kv is None:
+            return self.lm.hidden(emb), 0
+        return self.lm.hidden_after(kv, emb[:, p:]), p
 
     # --- training objective -------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor], negatives: Tensor) -> dict[str, Tensor]:

@@ -176,12 +176,13 @@ def _loss_and_grads(model: LLMSRec) -> tuple[torch.Tensor, dict[str, torch.Tenso
 
 
 def test_throughput_levers_keep_loss_and_gradients(lm: FrozenLM) -> None:
-    """Prefix reuse and padding-aware buckets (issue 8) against the plain path: whole prompts, one
-    bucket padded to the longest row."""
-    plain = make_model(lm, reuse_prefix=False, bucket_max_padding=1.0)
+    """Prefix reuse, the no-graph constant prefix and padding-aware buckets (issues 8, 20) against the
+    plain path: whole prompts with a graph, one bucket padded to the longest row."""
+    plain = make_model(lm, reuse_prefix=False, no_grad_prefix=False, bucket_max_padding=1.0)
     assert not plain.prefixes
     ref_loss, ref_grads = _loss_and_grads(plain)
-    for cfg in ({}, {"bucket_max_padding": 0.0, "bucket_min_tokens": 0}, {"max_tokens_per_forward": 64}):
+    for cfg in ({}, {"bucket_max_padding": 0.0, "bucket_min_tokens": 0}, {"max_tokens_per_forward": 64},
+                {"no_grad_prefix": False}):  # fmt: skip
         fast = make_model(lm, **cfg)
         assert fast.prefixes, "the default reuses each prompt kind's constant head"
         for head, _ in fast.prefixes.values():
@@ -193,6 +194,47 @@ def test_throughput_levers_keep_loss_and_gradients(lm: FrozenLM) -> None:
             torch.testing.assert_close(
                 grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
             )
+
+
+def test_no_grad_prefix_keeps_gradients_and_builds_the_graph_from_the_first_slot(
+    lm: FrozenLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without prefix reuse too: the leading constant columns run without a graph (extend_kv), the
+    graph starts at the first column holding a spliced token in any row, and the gradients match."""
+    plain = make_model(lm, reuse_prefix=False, no_grad_prefix=False)
+    ref_loss, ref_grads = _loss_and_grads(plain)
+    fast = make_model(lm, reuse_prefix=False)
+    fast.heads.load_state_dict(plain.heads.state_dict())
+    calls: list[tuple[bool, int, int]] = []  # (grad enabled, first graph column, bucket length)
+    extend, after = lm.extend_kv, lm.hidden_after
+
+    def spy_extend(prefix, emb):
+        assert prefix is None  # reuse_prefix off: the rows start at position 0
+        kv = extend(prefix, emb)
+        assert all(not k.requires_grad and not v.requires_grad for k, v in kv)
+        return kv
+
+    def spy_after(kv, emb):
+        calls.append((torch.is_grad_enabled(), kv[0][0].shape[2], kv[0][0].shape[2] + emb.shape[1]))
+        return after(kv, emb)
+
+    monkeypatch.setattr(lm, "extend_kv", spy_extend)
+    monkeypatch.setattr(lm, "hidden_after", spy_after)
+    loss, grads = _loss_and_grads(fast)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    assert calls and all(grad and 0 < s < t for grad, s, t in calls), calls
+    # the graph starts right at the first [HistoryEmb] of some row: the title / first entry ran without one
+    b = make_batch()
+    rows = [*fast.prompts.user_rows(b["history"], b["history_ts"]).rows,
+            *fast.prompts.item_rows(torch.arange(1, N + 1)).rows]  # fmt: skip
+    firsts = {int(np.argmax(r == lm.hist_id)) for r in rows}
+    assert {s for _, s, _ in calls} <= firsts, (calls, firsts)
+    calls.clear()
+    with torch.no_grad():  # no graph anyway: the passes run whole, as before
+        fast.encode_items(torch.arange(1, N + 1))
+    assert not calls
 
 
 def test_activation_checkpointing_with_prefix_reuse_keeps_loss_and_gradients(lm: FrozenLM, tmp_path) -> None:
