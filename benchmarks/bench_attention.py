@@ -118,7 +118,8 @@ def measure(fn: Any, repeats: int) -> dict[str, Any]:
 
 
 def measure_forward(fn: Any, repeats: int) -> dict[str, Any]:
-    """Best forward time of `repeats` after 2 warm-ups (the caller sets no_grad)."""
+    """Best forward time of `repeats` after 2 warm-ups (the caller sets no_grad), and the attention
+    kernels or compiled regions the profiler saw run."""
     for _ in range(2):
         fn()
     fwd = float("inf")
@@ -126,7 +127,11 @@ def measure_forward(fn: Any, repeats: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         fn()
         fwd = min(fwd, time.perf_counter() - t0)
-    return {"fwd_ms": fwd * 1e3, "kernels": "compiled flex_attention"}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    seen = {"compiled graph" if "Compiled" in e.key else e.key for e in prof.key_averages()}
+    kernels = sorted(k for k in seen if "attention" in k or k == "compiled graph")
+    return {"fwd_ms": fwd * 1e3, "kernels": ", ".join(kernels) or "bmm + softmax"}
 
 
 def main() -> None:

@@ -111,16 +111,19 @@ def head_lengths(model: Any) -> dict[str, tuple[int, int]]:
 
 
 def flop_rates(timer: PhaseTimer, model: Any, shape: Any, seconds: float, backward: bool) -> dict[str, float]:
-    """Useful FLOP/s (real tokens, each kind's constant head counted once: not at all per prompt) and
-    executed FLOP/s (padded rows, minus the head only where it was really skipped)."""
+    """Useful FLOP/s (real tokens, each kind's constant head counted once: not at all per prompt; no
+    backward before a row's first spliced position) and executed FLOP/s (padded rows, minus the head
+    only where it was really skipped, the backward from each bucket's first spliced column where
+    `no_grad_prefix` ran it so)."""
     from dist_srec.models.flops import body_flops
 
     heads = head_lengths(model)
-    useful = sum(
-        body_flops(shape, lens, backward=backward, prefix=heads[k][0]) for k, lens, _ in timer.forwards
-    )
-    executed = sum(body_flops(shape, [t] * b, backward=backward, prefix=heads[k][1])
-                   for k, _, (b, t) in timer.forwards)  # fmt: skip
+    graph_from_first = backward and getattr(model.cfg, "no_grad_prefix", False) and not model.lm.partitioned
+    useful = sum(body_flops(shape, lens, backward=backward, prefix=heads[k][0], grad_prefix=first)
+                 for k, lens, _, first in timer.forwards)  # fmt: skip
+    executed = sum(body_flops(shape, [t] * b, backward=backward, prefix=heads[k][1],
+                              grad_prefix=int(first.min()) if graph_from_first else 0)
+                   for k, _, (b, t), first in timer.forwards)  # fmt: skip
     real, padded = timer.tokens()
     return {"useful_gflop": useful / 1e9, "useful_gflops_per_s": useful / seconds / 1e9,
             "executed_gflops_per_s": executed / seconds / 1e9, "tokens": real, "padded_tokens": padded,

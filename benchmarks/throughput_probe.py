@@ -60,11 +60,13 @@ def merge_peaks(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]
 
 
 class PhaseTimer:
-    """Accumulated seconds per phase, plus the (real lengths, padded shape) of every LM forward."""
+    """Accumulated seconds per phase, plus per LM forward: (kind, real lengths, padded shape, each
+    row's first spliced position: [HistoryEmb] or the out token, before which nothing trainable
+    reaches a position)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self.forwards: list[tuple[str, np.ndarray, tuple[int, int]]] = []
+        self.forwards: list[tuple[str, np.ndarray, tuple[int, int], np.ndarray]] = []
         self.kind = "item"
 
     def reset(self) -> None:
@@ -99,7 +101,7 @@ class PhaseTimer:
     def tokens(self, kind: str | None = None) -> tuple[int, int]:
         """(real, padded) tokens over the recorded forwards (of one kind, or all)."""
         real = padded = 0
-        for k, lens, (b, t) in self.forwards:
+        for k, lens, (b, t), _ in self.forwards:
             if kind is None or k == kind:
                 real += int(lens.sum())
                 padded += b * t
@@ -119,7 +121,9 @@ def instrumented(model: Any, timer: PhaseTimer) -> Iterator[PhaseTimer]:
         with timer.phase("tokenise"):
             pb = orig_pack(rows, index)
         lens = rows.lengths if index is None else rows.lengths[np.asarray(index)]
-        timer.forwards.append((timer.kind, np.asarray(lens), tuple(pb.input_ids.shape)))
+        ids = pb.input_ids
+        first = ((ids == rows.hist_id) | (ids == rows.out_id)).int().argmax(1).numpy()
+        timer.forwards.append((timer.kind, np.asarray(lens), tuple(ids.shape), first))
         return pb
 
     module_patches = [
@@ -136,6 +140,7 @@ def instrumented(model: Any, timer: PhaseTimer) -> Iterator[PhaseTimer]:
         (model, "teacher_user", timer.timed("teacher", model.teacher_user)),
         (model.lm, "hidden", timer.timed(lambda: f"{timer.kind} fwd", model.lm.hidden)),
         (model.lm, "hidden_after", timer.timed(lambda: f"{timer.kind} fwd", model.lm.hidden_after)),
+        (model.lm, "extend_kv", timer.timed(lambda: f"{timer.kind} fwd", model.lm.extend_kv)),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in module_patches]
     try:

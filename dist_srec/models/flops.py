@@ -68,21 +68,30 @@ class BodyShape:
 
 
 def body_flops(
-    shape: BodyShape, lengths: np.ndarray | list[int], *, backward: bool = False, prefix: int = 0
+    shape: BodyShape,
+    lengths: np.ndarray | list[int],
+    *,
+    backward: bool = False,
+    prefix: int = 0,
+    grad_prefix: int | np.ndarray = 0,
 ) -> float:
     """Matmul FLOPs of the body over sequences of the given real lengths: forward, or forward plus an
     input-gradient backward when `backward`. With `prefix` = p, each sequence's first p positions are
     not computed (their keys/values are cached) and only positions p..n-1 run, still attending to
-    all earlier keys:
+    all earlier keys. With `grad_prefix` = g (one value, or one per sequence), positions before g
+    run without a graph (nothing trainable reaches them), so the backward starts at g' = max(p, g):
 
         forward   = L * sum_n (2*P*(n-p) + 2*Hq*(n*(n+1) - p*(p+1)))
-        backward  = L * sum_n (2*P*(n-p) + 4*Hq*(n*(n+1) - p*(p+1)))
+        backward  = L * sum_n (2*P*(n-g') + 4*Hq*(n*(n+1) - g'*(g'+1)))
     """
     n = np.asarray(lengths, dtype=np.float64)
     p = np.minimum(float(prefix), n)
-    lin = 2.0 * shape.linear_params_per_layer * (n - p).sum()
-    attn = 2.0 * shape.q_width * (n * (n + 1) - p * (p + 1)).sum()
-    fwd = shape.layers * (lin + attn)
-    if not backward:
-        return float(fwd)
-    return float(fwd + shape.layers * (lin + 2.0 * attn))
+    g = np.minimum(np.maximum(p, np.asarray(grad_prefix, dtype=np.float64)), n)
+
+    def work(skip: np.ndarray, attn_factor: float) -> float:
+        lin = 2.0 * shape.linear_params_per_layer * (n - skip).sum()
+        return shape.layers * (
+            lin + attn_factor * 2.0 * shape.q_width * (n * (n + 1) - skip * (skip + 1)).sum()
+        )
+
+    return float(work(p, 1.0) + (work(g, 2.0) if backward else 0.0))

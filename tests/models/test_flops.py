@@ -58,3 +58,20 @@ def test_prefix_skips_the_cached_head() -> None:
             s, [p], backward=bwd
         )
     assert body_flops(s, [n], prefix=0) == body_flops(s, [n])
+
+
+def test_grad_prefix_leaves_only_the_forward_of_the_leading_positions() -> None:
+    _, s = _body()
+    n, p, g = 20, 6, 11
+    fwd_only = body_flops(s, [n], prefix=p)
+    both = body_flops(s, [n], prefix=p, backward=True, grad_prefix=g)
+    # the backward of positions g.. is the backward of a sequence whose first g positions are cached
+    bwd_from_g = body_flops(s, [n], prefix=g, backward=True) - body_flops(s, [n], prefix=g)
+    assert both == fwd_only + bwd_from_g
+    assert body_flops(s, [n], prefix=p, backward=True, grad_prefix=0) == body_flops(
+        s, [n], prefix=p, backward=True
+    )
+    # one value per sequence, and never past a sequence's end
+    lengths = np.array([20, 8])
+    per_row = body_flops(s, lengths, backward=True, grad_prefix=np.array([11, 30]))
+    assert per_row == body_flops(s, [20], backward=True, grad_prefix=11) + body_flops(s, [8])
