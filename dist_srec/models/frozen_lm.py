@@ -191,7 +191,8 @@ class FrozenLM(nn.Module):
         """`hidden` of [prefix tokens, inputs_embeds] for the positions after the prefix: [B, T, H].
 
         The prefix's keys and values are computed once (`prefix_kv`: [1, ...], shared by the batch) or
-        per row (`extend_kv`: [B, ...]); the positions continue after it. Equal to slicing `hidden` of the whole sequence (to rounding).
+        per row (`extend_kv`: [B, ...]); the positions continue after it. Equal to slicing `hidden` of
+        the whole sequence (to rounding).
         """
         from transformers import DynamicCache  # deferred: transformers takes seconds to import
 
