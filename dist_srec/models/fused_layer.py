@@ -105,7 +105,7 @@ def _out_mlp_recomputed(*args: Any) -> Tensor:
     region's ops for recomputation and the backward graph reruns only those its gradients read (the
     gate and up projections and what leads to them; not the down projection). Checkpointing a compiled
     `_out_mlp` from outside instead reruns the whole function, the down projection included. Whole
-    SmolLM2 train step (bf16, 2 cores): +7% to +17% over three runs, median about +11% (peak RSS 2.5
+    SmolLM2 train step (bf16, 2 cores): +7% to +17% over four runs, typically +10-11% (peak RSS 2.5
     against 4.0-4.3 GB), where the outside form cost +15-19% in the runs of its day
     (benchmarks/results/NOTES.md)."""
     return checkpoint(_out_mlp, *args, use_reentrant=False)

@@ -52,7 +52,7 @@ class LLMConfig:
     """Recompute in the backward what the MLP's input gradient reads (o projection, residual, RMSNorm,
     gate and up projections; not the down projection) instead of keeping it from the forward: about
     2/3 of a layer's activations. A SmolLM2 train step on a CPU (bf16, 2 cores) peaked at 2.5 GB instead
-    of 4.0-4.3 and took 7-17% longer, about 11% in the median (benchmarks/results/NOTES.md, three
+    of 4.0-4.3 and took 7-17% longer, typically 10-11% (benchmarks/results/NOTES.md, four
     interleaved runs). Applies where the fused layers run
     (`compile_layers` with `compile_scope` `auto` or `layers`); elsewhere, and under
     `activation_checkpointing` (which recomputes the whole layer), it has no effect and the log says so.
