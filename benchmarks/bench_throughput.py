@@ -118,7 +118,7 @@ def flop_rates(timer: PhaseTimer, model: Any, shape: Any, seconds: float, backwa
     from dist_srec.models.flops import body_flops
 
     heads = head_lengths(model)
-    graph_from_first = backward and getattr(model.cfg, "no_grad_prefix", False) and not model.lm.partitioned
+    graph_from_first = backward and model.no_grad_prefix_applies
     useful = sum(body_flops(shape, lens, backward=backward, prefix=heads[k][0], grad_prefix=first)
                  for k, lens, _, first in timer.forwards)  # fmt: skip
     executed = sum(body_flops(shape, [t] * b, backward=backward, prefix=heads[k][1],

@@ -171,21 +171,16 @@ class FrozenLM(nn.Module):
         with torch.no_grad():
             table = self.input_embeddings()
             out = self.body(inputs_embeds=table[ids.to(table.device)][None], use_cache=True)
-        return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        return _cached_kv(out)
 
     def extend_kv(self, prefix: PrefixKV | None, inputs_embeds: Tensor) -> PrefixKV:
         """Per layer (keys, values) [B, kv_heads, p + t, head_dim] of [prefix tokens, inputs_embeds
         [B, t, H]], without a graph: for leading positions that nothing trainable reaches (callers
         pass embeddings of constant tokens). `prefix` None: the rows start at position 0."""
-        from transformers import DynamicCache  # deferred: transformers takes seconds to import
-
-        b = inputs_embeds.shape[0]
         with torch.no_grad():
-            cache = None if prefix is None else DynamicCache(
-                ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
-            )  # fmt: skip
-            out = self.body(inputs_embeds=inputs_embeds.detach(), past_key_values=cache, use_cache=True)
-        return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+            cache = None if prefix is None else _cache_of(prefix, inputs_embeds.shape[0])
+            out = self.body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return _cached_kv(out)
 
     def hidden_after(self, prefix: PrefixKV, inputs_embeds: Tensor) -> Tensor:
         """`hidden` of [prefix tokens, inputs_embeds] for the positions after the prefix: [B, T, H].
@@ -194,12 +189,7 @@ class FrozenLM(nn.Module):
         per row (`extend_kv`: [B, ...]); the positions continue after it. Equal to slicing `hidden` of
         the whole sequence (to rounding).
         """
-        from transformers import DynamicCache  # deferred: transformers takes seconds to import
-
-        b = inputs_embeds.shape[0]
-        cache = DynamicCache(
-            ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
-        )
+        cache = _cache_of(prefix, inputs_embeds.shape[0])
         out = self.body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
         return out.last_hidden_state
 
@@ -209,6 +199,21 @@ class FrozenLM(nn.Module):
         if self._hash is None:
             self._hash = _content_hash(self.model, self.tokenizer)
         return self._hash
+
+
+def _cache_of(prefix: PrefixKV, b: int):
+    """A transformers DynamicCache holding `prefix` for b rows (a [1, ...] prefix is broadcast, not
+    copied; the forward appends to new tensors, so `prefix` itself is never changed)."""
+    from transformers import DynamicCache  # deferred: transformers takes seconds to import
+
+    return DynamicCache(
+        ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
+    )
+
+
+def _cached_kv(out) -> PrefixKV:
+    """Per layer (keys, values) of a forward's cache (`use_cache=True`)."""
+    return tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
 
 
 def _through_module(module: nn.Module, vocab: int, device: torch.device, chunk: int = 8192) -> Tensor:

@@ -223,6 +223,12 @@ class LLMSRec(nn.Module):
         back = torch.from_numpy(np.argsort(np.concatenate(buckets))).to(dev)
         return h[back]
 
+    @property
+    def no_grad_prefix_applies(self) -> bool:
+        """Whether passes with a graph start it at each bucket's first spliced column
+        (`LLMSRecConfig.no_grad_prefix`; not under ZeRO-3, where every rank must run the same forwards)."""
+        return self.cfg.no_grad_prefix and not self.lm.partitioned
+
     def _hidden(self, ids: Tensor, emb: Tensor, prefix: tuple[Tensor, PrefixKV] | None) -> tuple[Tensor, int]:
         """The LM's hidden states of a padded bucket [b, T] (right padding, so no mask is needed) from
         position s on, and s: the cached constant head's length p when every row starts with it (always,
@@ -233,7 +239,7 @@ class LLMSRec(nn.Module):
             head, head_kv = prefix
             if ids.shape[1] > len(head) and bool((ids[:, : len(head)] == head).all()):
                 kv, p = head_kv, len(head)
-        if self.cfg.no_grad_prefix and torch.is_grad_enabled() and not self.lm.partitioned:
+        if self.no_grad_prefix_applies and torch.is_grad_enabled():
             spliced = (ids == self.lm.hist_id) | (ids == self.lm.user_out_id) | (ids == self.lm.item_out_id)
             s = int(spliced.int().argmax(1).min())  # every row holds its out token
             if s > p:
